@@ -1,0 +1,17 @@
+"""mriseg: brain tumour segmentation in MRI for the classroom. Run with ``streamlit run app.py``."""
+
+import streamlit as st
+
+from mriseg import webapp
+
+st.set_page_config(page_title="mriseg: brain MRI tumour segmentation", page_icon=":material/neurology:", layout="wide")
+
+# URL paths differ from the file names on purpose: Streamlit's testing harness would otherwise mistake these
+# pages for the legacy pages/ directory and run them without this entry script (and its sidebar).
+navigation = st.navigation([
+    st.Page("pages/segment.py", title="Segment", icon=":material/neurology:", url_path="scan", default=True),
+    st.Page("pages/compare.py", title="Compare with ground truth", icon=":material/compare:", url_path="ground-truth"),
+    st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="model-metrics"),
+])
+webapp.sidebar()
+navigation.run()

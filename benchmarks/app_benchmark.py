@@ -1,0 +1,119 @@
+"""App speed: re-render after a threshold change, upload-to-overlay time, and concurrent browser sessions.
+
+Run from the repository root:  .venv/bin/python benchmarks/app_benchmark.py [--sessions 5]
+Needs Debian's chromium for the browser parts (they are skipped with a note when it is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server  # noqa: E402
+
+
+def rerender_times(repeats: int) -> dict:
+    """Server-side time for the app to re-render after the threshold moves (probabilities cached)."""
+    from streamlit.testing.v1 import AppTest
+
+    from mriseg.bundle import load_segmenter
+    from mriseg.case import load_sample, sample_index
+    from mriseg.visualize import display_image, heatmap, overlay, to_png
+    from mriseg.webapp import Prediction, current_mask
+
+    os.environ["MRISEG_HF_REPO"] = ""
+    entry = max((e for e in sample_index() if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.button(key=f"sample-{entry['image']}").click().run()
+    whole_app = []
+    for index in range(repeats):
+        started = time.perf_counter()
+        at.slider(key="threshold").set_value(0.3 + 0.4 * (index % 2)).run()
+        whole_app.append(time.perf_counter() - started)
+
+    # The work the result view does per threshold change, without Streamlit's script machinery.
+    segmenter = load_segmenter(REPO_ROOT / "weights", device="cpu")
+    case = load_sample(entry)
+    prediction = Prediction(segmenter.predict(case.volume.pixels), 0.0, "CPU")
+    model = type("Model", (), {"postprocessing": segmenter.postprocessing})()
+    view = []
+    for index in range(repeats):
+        started = time.perf_counter()
+        mask = current_mask(model, prediction, 0.3 + 0.4 * (index % 2))
+        image = display_image(case.volume.pixels[0])
+        to_png(overlay(image, mask[0]))
+        to_png(heatmap(prediction.probabilities.mean[0], image))
+        view.append(time.perf_counter() - started)
+    return {"app_rerun_ms": 1000 * statistics.median(whole_app), "view_render_ms": 1000 * statistics.median(view)}
+
+
+def upload_to_overlay(url: str, browser, sample: Path) -> float:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_text("Upload a file").click()
+    started = time.perf_counter()
+    page.locator("input[type=file]").set_input_files(str(sample))
+    expect(page.get_by_text("Tumour at threshold", exact=False)).to_be_visible(timeout=120_000)
+    seconds = time.perf_counter() - started
+    page.close()
+    return seconds
+
+
+def concurrent_sessions(url: str, browser, sessions: int) -> dict:
+    """``sessions`` pages each open a different gallery sample at once; time until every overlay shows."""
+    from playwright.sync_api import expect
+
+    pages = []
+    for _ in range(sessions):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.goto(url)
+        expect(page.get_by_role("button", name="Open").first).to_be_visible(timeout=120_000)
+        pages.append(page)
+    started = time.perf_counter()
+    for index, page in enumerate(pages):
+        buttons = page.get_by_role("button", name="Open")
+        buttons.nth(index % buttons.count()).click()
+    finished = []
+    for page in pages:
+        expect(page.get_by_text("Tumour at threshold", exact=False)).to_be_visible(timeout=300_000)
+        finished.append(time.perf_counter() - started)
+    for page in pages:
+        page.context.close()
+    return {"sessions": sessions, "slowest_s": max(finished), "median_s": statistics.median(finished)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--sessions", type=int, default=5)
+    args = parser.parse_args()
+
+    times = rerender_times(args.repeats)
+    print(f"threshold change, whole app rerun (AppTest, median of {args.repeats}): {times['app_rerun_ms']:.1f} ms")
+    print(f"threshold change, result view work for a 256x256 slice (median): {times['view_render_ms']:.1f} ms")
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} missing: browser timings skipped")
+        return
+    sample = REPO_ROOT / "samples" / "TCGA_HT_7686_19950629_10.png"
+    with streamlit_server() as (url, _), launch_browser() as browser:
+        first = upload_to_overlay(url, browser, sample)
+        again = upload_to_overlay(url, browser, sample)
+        print(f"upload to first overlay: {first:.2f} s (new file), {again:.2f} s (same file again, cached)")
+        result = concurrent_sessions(url, browser, args.sessions)
+        print(f"{result['sessions']} browser sessions opening samples at once: slowest {result['slowest_s']:.2f} s, "
+              f"median {result['median_s']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

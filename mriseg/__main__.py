@@ -1,0 +1,3 @@
+from mriseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""A weights folder in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (+ card, logs, report).
+
+``config.json`` carries the architecture, the preprocessing and post-processing parameters and the sha256 of
+``model.safetensors``, so the weights never travel without the way their input must be prepared. Loading
+never unpickles anything: tensors come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mriseg.errors import InputError
+from mriseg.inference import Segmenter
+from mriseg.model import UNet, UNetConfig, create_model
+from mriseg.postprocessing import PostprocessingConfig
+from mriseg.preprocessing import PreprocessingConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(folder: str | Path, model: UNet, preprocessing: PreprocessingConfig,
+                postprocessing: PostprocessingConfig, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = dict(extra or {})
+    config.update(
+        model_type="mriseg-unet",
+        architecture=model.config.to_dict(),
+        preprocessing=preprocessing.to_dict(),
+        postprocessing=postprocessing.to_dict(),
+        weights_sha256=sha256_of(folder / WEIGHTS_NAME),
+    )
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise InputError(f"{path} is missing: a weights folder needs config.json and model.safetensors") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON ({error})") from error
+
+
+def load_model(folder: str | Path, verify: bool = True) -> tuple[UNet, dict]:
+    """The U-Net and its config from a weights folder; the sha256 is checked before the file is read."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.exists():
+        raise InputError(f"{weights} is missing")
+    expected = config.get("weights_sha256")
+    if verify and expected and sha256_of(weights) != expected:
+        raise InputError(
+            f"{weights} does not match the sha256 recorded in config.json: the file is corrupt or was replaced. "
+            "Download the weights again"
+        )
+    model = create_model(UNetConfig.from_dict(config["architecture"]))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as error:
+        raise InputError(f"{weights} cannot be loaded into the configured U-Net ({error})") from error
+    return model, config
+
+
+def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto", verify: bool = True) -> Segmenter:
+    """A ready :class:`Segmenter` from a weights folder."""
+    model, config = load_model(folder, verify=verify)
+    return Segmenter(
+        model,
+        PreprocessingConfig.from_dict(config["preprocessing"]),
+        PostprocessingConfig.from_dict(config.get("postprocessing", {})),
+        device=device,
+    )

@@ -1,0 +1,201 @@
+"""Command line: ``python -m mriseg {train,evaluate,predict,bench} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mriseg.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPLIT = REPO_ROOT / "splits" / "lgg-flair.json"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mriseg.model import UNetConfig
+    from mriseg.preprocessing import PreprocessingConfig
+    from mriseg.training import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        architecture=UNetConfig(base_width=args.width, depth=args.depth),
+        preprocessing=PreprocessingConfig(grid_size=args.grid),
+    )
+    state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
+                  max_patients=args.max_patients)
+    print(f"done: {state['epoch']} epochs, best validation per-volume Dice {state['best_dice']:.4f} "
+          f"(epoch {state['best_epoch']}); weights folder: {Path(args.out) / 'best'}")
+    return 0
+
+
+def _segmenter(args: argparse.Namespace):
+    from mriseg.bundle import load_segmenter
+    from mriseg.weights import resolve_weights
+
+    folder = Path(args.weights) if args.weights else resolve_weights().folder
+    segmenter = load_segmenter(folder, device=args.device)
+    print(f"model: {folder}  device: {segmenter.device_label}", file=sys.stderr)
+    return segmenter, folder
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mriseg.bundle import read_config
+    from mriseg.data import load_split
+    from mriseg.evaluation import evaluate, format_report, write_report
+
+    segmenter, folder = _segmenter(args)
+    patients = load_split(args.split)[args.subset] if args.subset else None
+    report = evaluate(args.data, segmenter, patients=patients, tta=args.tta)
+    trained_on = set(read_config(folder).get("split", {}).get("train", []))
+    seen = sorted(trained_on & set(report["patients"]))
+    if seen:
+        print(f"warning: {len(seen)} of these patients were used to train this model; their scores are "
+              "optimistic. Use --split/--subset validation or patients the model never saw.", file=sys.stderr)
+    report["patients_seen_in_training"] = len(seen)
+    print(format_report(report))
+    if args.out:
+        write_report(report, args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mriseg.io import mask_to_nifti, mask_to_png, read_volume
+    from mriseg.measure import tumour_size
+    from mriseg.postprocessing import binarize
+
+    segmenter, _ = _segmenter(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            volume = read_volume(path.read_bytes(), path.name)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        probabilities = segmenter.predict(volume.pixels, tta=args.tta).mean
+        mask = binarize(probabilities, segmenter.postprocessing, args.threshold)
+        stem = path.name.split(".")[0]
+        if volume.n_slices == 1:
+            target = out / f"{stem}_mask.png"
+            target.write_bytes(mask_to_png(mask[0]))
+        else:
+            target = out / f"{stem}_mask.nii.gz"
+            target.write_bytes(mask_to_nifti(mask, volume))
+        size = tumour_size(mask, volume)
+        parts = [f"{path.name}: tumour {size['pixels']} px"]
+        if size["area_mm2"] is not None:
+            parts.append(f"{size['area_mm2']:.1f} mm²")
+        if size["volume_ml"] is not None:
+            parts.append(f"{size['volume_ml']:.2f} mL")
+        print(", ".join(parts) + f" -> {target}")
+    return 1 if failures else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from mriseg.benchmark import benchmark
+    from mriseg.bundle import load_segmenter
+    from mriseg.weights import resolve_weights
+
+    folder = Path(args.weights) if args.weights else resolve_weights().folder
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        result = benchmark(load_segmenter(folder, device=device), volume_slices=args.slices, repeats=args.repeats)
+        print(f"{result['device']:24s} latency per {result['slice_size']}x{result['slice_size']} slice "
+              f"(median of {args.repeats}): {result['latency_ms_per_slice']:.1f} ms   "
+              f"volume of {result['volume_slices']} slices: {result['volume_slices_per_second']:.1f} slices/s"
+              + (f"   ({result['threads']} CPU threads)" if device == "cpu" else ""))
+    if len(devices) == 1:
+        print("no CUDA GPU here: GPU latency not measured")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mriseg.evaluation import format_report
+    from mriseg.export import export_run
+
+    report = export_run(args.run, args.data, args.out, tta=args.tta, device=args.device)
+    print(format_report(report))
+    print(f"weights folder written: {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mriseg", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the U-Net on a folder in the Kaggle LGG layout")
+    train.add_argument("--data", required=True, help="folder of patient folders (Kaggle LGG layout)")
+    train.add_argument("--out", default="runs/unet", help="run folder: checkpoint, log, best/ weights")
+    train.add_argument("--split", default=str(DEFAULT_SPLIT), help="patient split JSON (train/validation)")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training slices")
+    train.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
+    train.add_argument("--depth", type=int, default=4, help="number of down-sampling steps")
+    train.add_argument("--grid", type=int, default=128, help="side of the square grid the model sees")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
+    train.set_defaults(handler=_train)
+
+    def add_model_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--weights", default=None,
+                             help="weights folder (default: the Hub repo in $MRISEG_HF_REPO, else weights/)")
+        command.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    evaluate = commands.add_parser("evaluate", help="per-volume Dice and more on a folder in the Kaggle layout")
+    evaluate.add_argument("--data", required=True, help="folder of patient folders (PNG or original TIFF)")
+    add_model_options(evaluate)
+    evaluate.add_argument("--out", default=None, help="write the JSON report here")
+    evaluate.add_argument("--split", default=str(DEFAULT_SPLIT), help="split JSON used with --subset")
+    evaluate.add_argument("--subset", choices=("train", "validation"), default=None,
+                          help="only the patients of this side of the split (default: every patient in --data)")
+    evaluate.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = commands.add_parser("predict", help="segment image files and write masks")
+    predict.add_argument("files", nargs="+", help="PNG/JPEG/BMP/TIFF, DICOM (.dcm or .zip series), NIfTI")
+    predict.add_argument("--out", required=True, help="folder for the masks (PNG per slice, NIfTI for volumes)")
+    predict.add_argument("--threshold", type=float, default=None, help="default: the one stored with the weights")
+    predict.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    add_model_options(predict)
+    predict.set_defaults(handler=_predict)
+
+    export = commands.add_parser("export", help="tune on validation patients and write the shipped weights folder")
+    export.add_argument("--run", required=True, help="training run folder (with best/)")
+    export.add_argument("--data", required=True, help="the data folder the run was trained on")
+    export.add_argument("--out", default="weights", help="weights folder to write")
+    export.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
+    export.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    export.set_defaults(handler=_export)
+
+    bench = commands.add_parser("bench", help="inference latency and throughput")
+    bench.add_argument("--weights", default=None, help="weights folder (default: resolved as for the app)")
+    bench.add_argument("--slices", type=int, default=32, help="slices in the volume benchmark")
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (InputError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

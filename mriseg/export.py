@@ -1,0 +1,133 @@
+"""Turn a training run into the shipped weights folder (Hugging Face layout).
+
+Steps, all on the run's own **validation** patients (never on anything kept aside): predict once, tune the
+threshold and the small-component filter, evaluate with the tuned settings, then write ``config.json``
+(with the tuned post-processing and validation metrics), ``model.safetensors``, ``training_log.csv``,
+``evaluation.json`` and the model card ``README.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mriseg.bundle import load_model, read_config, save_bundle
+from mriseg.data import find_cases
+from mriseg.evaluation import predict_cases, summarize, tune_postprocessing, write_report
+from mriseg.inference import Segmenter
+from mriseg.preprocessing import PreprocessingConfig
+from mriseg.training import LOG_NAME
+
+
+def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
+               device: str = "auto") -> dict:
+    """Tune, evaluate and package ``<run_dir>/best`` into ``out_dir``; returns the validation report."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, config = load_model(run_dir / "best")
+    validation = set(config["split"]["validation"])
+    cases = [case for case in find_cases(data_dir) if case.name in validation]
+    if len(cases) != len(validation):
+        raise FileNotFoundError(f"{data_dir} lacks some validation patients of {run_dir}")
+    segmenter = Segmenter(model, PreprocessingConfig.from_dict(config["preprocessing"]), device=device)
+    predictions = predict_cases(segmenter, cases, tta=tta)
+    postprocessing, _ = tune_postprocessing(predictions)
+    report = summarize(predictions, postprocessing)
+    report.update(tta=tta, patients_seen_in_training=0,
+                  subset="validation patients of the committed split (splits/lgg-flair.json)")
+
+    extra = {key: value for key, value in config.items()
+             if key not in {"architecture", "preprocessing", "postprocessing", "weights_sha256", "model_type"}}
+    extra["tta_default"] = tta
+    extra["validation_metrics"] = {
+        "per_volume_dice_mean": report["per_volume_dice"]["mean"],
+        "per_volume_dice_median": report["per_volume_dice"]["median"],
+        "positive_slice_dice": report["positive_slice_dice"],
+        "empty_slice_fp_rate": report["empty_slice_fp_rate"],
+        "n_patients": report["n_patients"],
+        "n_slices": report["n_slices"],
+    }
+    save_bundle(out_dir, model.cpu(), segmenter.preprocessor.config, postprocessing, extra)
+    shutil.copy2(run_dir / LOG_NAME, out_dir / LOG_NAME)
+    write_report(report, out_dir / "evaluation.json")
+    (out_dir / "README.md").write_text(model_card(read_config(out_dir), report))
+    return report
+
+
+def model_card(config: dict, report: dict) -> str:
+    """The Hugging Face model card, written from the config and the validation report."""
+    arch, training = config["architecture"], config["training"]
+    post = config["postprocessing"]
+    dice = report["per_volume_dice"]
+    n_train, n_validation = len(config["split"]["train"]), len(config["split"]["validation"])
+    return f"""---
+license: cc-by-nc-sa-4.0
+library_name: pytorch
+tags: [medical-imaging, segmentation, mri, brain-tumor, unet, teaching]
+pipeline_tag: image-segmentation
+---
+
+# mriseg U-Net: FLAIR abnormality of lower-grade glioma
+
+A 2D U-Net that marks the FLAIR hyperintense abnormality of lower-grade glioma on axial brain MRI slices.
+It powers the **mriseg** teaching app.
+
+> **Intended use: teaching and research only. Not a medical device; never use it for diagnosis, treatment
+> or any decision about a patient.**
+
+## Model
+- U-Net, {arch['depth']} down-sampling levels, base width {arch['base_width']} (channels
+  {", ".join(str(arch['base_width'] * 2**i) for i in range(arch['depth'] + 1))}); (Conv 3x3 + BatchNorm + ReLU) x2 per
+  block, max-pool down, transposed-convolution up, skip connections, 1x1 conv to one logit.
+- Input: one FLAIR slice, clipped to the {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']}
+  percentiles of the head, z-scored over the head, padded to a square and resized to
+  {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to the
+  original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
+  (8-bit PNG, 16-bit DICOM, float NIfTI) gives the same input.
+- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**, connected components smaller
+  than {post['min_component_fraction']:.2%} of the slice removed (both tuned on the validation patients).
+
+## Training
+- Data: LGG Segmentation Dataset (Kaggle `mateuszbuda/lgg-mri-segmentation`, TCGA-LGG via The Cancer Imaging
+  Archive), 90 patients available to us; FLAIR channel only; manual masks approved by a board-certified
+  radiologist. Cite Buda, Saha, Mazurowski, Computers in Biology and Medicine 109 (2019) and Mazurowski et al.,
+  Journal of Neuro-Oncology (2017).
+- Split by **patient**, stratified by scanner site: {n_train} training, {n_validation} validation patients
+  (listed in `config.json`). No slice of a validation patient was used for training.
+- Recipe: BCE + soft Dice loss, AdamW (lr {training['learning_rate']}, cosine decay, weight decay
+  {training['weight_decay']}), batch {training['batch_size']}, {training['epochs']} epochs, half of the sampled
+  slices with tumour; augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror,
+  rotation ±10°, scale 0.9-1.1, shift, intensity jitter); seed {training['seed']}. Best epoch by validation
+  per-volume Dice: {config.get('best_epoch')}. The per-epoch log is `training_log.csv`.
+
+## Results on the {report['n_patients']} validation patients ({report['n_slices']} slices)
+Per-volume Dice is the headline: all slices of a patient stacked, one Dice per patient (as in Buda et al.
+2019). Slice-averaged Dice would look better because most slices are empty.
+
+| metric | value |
+|---|---|
+| per-volume Dice, mean | {dice['mean']:.3f} |
+| per-volume Dice, median | {dice['median']:.3f} |
+| per-volume Dice, worst patient | {dice['min']:.3f} |
+| Dice over slices with tumour | {report['positive_slice_dice']:.3f} |
+| slices without tumour given a false positive | {report['empty_slice_fp_rate']:.1%} |
+| IoU, per volume, mean | {report['iou']:.3f} |
+| precision / recall, per volume, mean | {report['precision']:.3f} / {report['recall']:.3f} |
+| HD95 (pixels, mean) | {report['hd95_px']:.1f} |
+
+These validation patients also chose the epoch and the threshold, so the numbers are slightly optimistic;
+20 further patients of the data set are kept aside for an independent evaluation. Published patient-level
+results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`.
+
+## Limitations
+- FLAIR only, axial 2D slices; trained on 5 scanner sites of one public collection (TCGA-LGG). Other sites,
+  sequences, pathologies or children were never seen.
+- Small lesions (a few hundred pixels) are segmented less reliably than large ones; slices at the top and
+  bottom of the head produce most false positives.
+
+## Reproduce
+```
+python -m mriseg train --data ../shared/data/lgg-flair --out runs/unet16 --epochs {training['epochs']}
+python -m mriseg export --run runs/unet16 --data ../shared/data/lgg-flair --out weights
+python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
+```
+"""

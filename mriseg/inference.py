@@ -1,0 +1,124 @@
+"""Inference: a :class:`Segmenter` turns a volume into tumour probabilities at the original resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mriseg.model import UNet
+from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.preprocessing import PreprocessingConfig, Preprocessor
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU. Otherwise the named device, checked to exist."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+    return device
+
+
+@dataclass
+class Probabilities:
+    """Per-pixel tumour probability of a volume at its original size.
+
+    Attributes:
+        mean: (slices, H, W) probability (the mean over test-time augmentations when they were used).
+        std: (slices, H, W) standard deviation over the augmentations, or None without them.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+
+
+class Segmenter:
+    """A trained U-Net with the preprocessing and post-processing stored beside its weights.
+
+    Thread-safe for prediction: the network is in eval mode and never modified, so one instance can serve every
+    session of the app at once.
+
+    Args:
+        model: the network (its weights already loaded).
+        preprocessing: the parameters the network was trained with.
+        postprocessing: default threshold and small-component removal.
+        device: "auto", "cpu", "cuda" or a torch.device.
+        batch_size: slices per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        preprocessing: PreprocessingConfig = PreprocessingConfig(),
+        postprocessing: PostprocessingConfig = PostprocessingConfig(),
+        device: str | torch.device | None = "auto",
+        batch_size: int = 16,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.preprocessor = Preprocessor(preprocessing)
+        self.postprocessing = postprocessing
+        self.batch_size = batch_size
+        memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.memory_format = memory_format
+        self.model = model.to(self.device, memory_format=memory_format).eval()
+
+    @property
+    def device_label(self) -> str:
+        if self.device.type == "cuda":
+            return f"GPU ({torch.cuda.get_device_name(self.device)})"
+        return "CPU"
+
+    @torch.inference_mode()
+    def predict_grid(self, grid: np.ndarray, tta: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities for already-preprocessed (S, G, G) input; returns (mean, std or None) on the grid."""
+        means, stds = [], []
+        total = len(grid)
+        for start in range(0, total, self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(grid[start : start + self.batch_size]))[:, None]
+            batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                views = [torch.sigmoid(self.model(batch).float())]
+                if tta:
+                    views.append(torch.sigmoid(self.model(batch.flip(-1)).float()).flip(-1))
+            stacked = torch.stack(views)
+            means.append(stacked.mean(0)[:, 0].cpu().numpy())
+            if tta:
+                stds.append(stacked.std(0, unbiased=False)[:, 0].cpu().numpy())
+            if progress is not None:
+                progress(min(start + self.batch_size, total), total)
+        return np.concatenate(means), (np.concatenate(stds) if tta else None)
+
+    def predict(self, pixels: np.ndarray, tta: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Probabilities:
+        """Tumour probability for every pixel of a (slices, H, W) or (H, W) array.
+
+        Args:
+            pixels: raw intensities in any scale (normalisation happens here).
+            tta: also run the left-right mirrored image and return mean and standard deviation.
+            progress: called with (slices done, slices total) after each batch.
+
+        Returns:
+            :class:`Probabilities` at the original size.
+        """
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        if pixels.ndim != 3:
+            raise ValueError(f"expected (slices, H, W) or (H, W) pixels, got shape {pixels.shape}")
+        height, width = pixels.shape[1:]
+        mean, std = self.predict_grid(self.preprocessor.volume_to_grid(pixels), tta=tta, progress=progress)
+        restore = self.preprocessor.grid_to_volume
+        return Probabilities(
+            np.clip(restore(mean, height, width), 0.0, 1.0),
+            None if std is None else np.clip(restore(std, height, width), 0.0, None),
+        )
+
+    def segment(self, pixels: np.ndarray, threshold: float | None = None, tta: bool = False) -> np.ndarray:
+        """Boolean tumour mask at the original size, post-processed with the stored settings."""
+        probabilities = self.predict(pixels, tta=tta).mean
+        return binarize(probabilities, self.postprocessing, threshold)

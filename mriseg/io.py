@@ -1,0 +1,424 @@
+"""Reading MRI files: bytes + file name -> :class:`Volume` (slices x H x W, float32) with spacing and metadata.
+
+Supported: PNG, JPEG, BMP, TIFF (8/16 bit, gray or colour, multi-page TIFF as a stack; a 3-channel TIFF in the
+Kaggle LGG layout stacks pre-contrast, FLAIR, post-contrast, so channel 1 is taken), DICOM (single file,
+multi-frame, or a .zip of a series) and NIfTI (.nii, .nii.gz). Every problem raises :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from mriseg.errors import InputError
+
+RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+ZIP_EXTENSIONS = (".zip",)
+SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS + ZIP_EXTENSIONS
+
+MIN_SIDE = 32
+MAX_SIDE = 4096
+MAX_VOXELS = 512 * 512 * 256
+MAX_UNCOMPRESSED_BYTES = 1 << 30
+
+
+@dataclass
+class Volume:
+    """An image volume as mriseg uses it.
+
+    Attributes:
+        pixels: (slices, H, W) float32 intensities, axial slices in head order.
+        spacing: (row mm, column mm, slice mm) when the format records it, else None.
+        source: what the file was: format, file name, bit depth, channel taken, slice count.
+        affine: for NIfTI input, the RAS+ voxel-to-world affine of the canonical array, so a mask written back
+            lands where the image is.
+    """
+
+    pixels: np.ndarray
+    spacing: tuple[float, float, float] | None = None
+    source: dict = field(default_factory=dict)
+    affine: np.ndarray | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.pixels.shape)
+
+    @property
+    def pixel_area_mm2(self) -> float | None:
+        return None if self.spacing is None else self.spacing[0] * self.spacing[1]
+
+    @property
+    def voxel_volume_ml(self) -> float | None:
+        return None if self.spacing is None else self.spacing[0] * self.spacing[1] * self.spacing[2] / 1000.0
+
+
+def file_kind(filename: str) -> str:
+    """``raster``, ``dicom``, ``nifti`` or ``zip`` from the file name; InputError for anything else."""
+    name = filename.lower()
+    if name.endswith(NIFTI_EXTENSIONS):
+        return "nifti"
+    suffix = Path(name).suffix
+    if suffix in RASTER_EXTENSIONS:
+        return "raster"
+    if suffix in DICOM_EXTENSIONS:
+        return "dicom"
+    if suffix in ZIP_EXTENSIONS:
+        return "zip"
+    raise InputError(
+        f"{filename}: unsupported file type '{suffix or 'no extension'}'. "
+        f"Upload one of: {', '.join(SUPPORTED_EXTENSIONS)}"
+    )
+
+
+def _check_shape(filename: str, shape: tuple[int, ...]) -> None:
+    height, width = shape[-2], shape[-1]
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"{filename}: image is {height}x{width} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+    if max(height, width) > MAX_SIDE or int(np.prod(shape)) > MAX_VOXELS:
+        raise InputError(
+            f"{filename}: image of {'x'.join(map(str, shape))} voxels is too large (limit {MAX_SIDE} px a side and "
+            f"{MAX_VOXELS:,} voxels); crop or downsample it first"
+        )
+
+
+def _to_gray(array: np.ndarray, take_channel: int | None) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (H, W) float32."""
+    if array.ndim == 2:
+        return array.astype(np.float32)
+    channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+    if take_channel is not None and channels.shape[-1] == 3:
+        return channels[..., take_channel].astype(np.float32)
+    return channels.astype(np.float32).mean(axis=-1)
+
+
+def _read_raster(data: bytes, filename: str) -> Volume:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            # The header gives the size before anything is decoded: the decompression-bomb guard.
+            n_frames = getattr(image, "n_frames", 1)
+            _check_shape(filename, (n_frames, image.height, image.width))
+            image_format = image.format
+    except UnidentifiedImageError as error:
+        raise InputError(f"{filename}: not a readable image (the content is not {Path(filename).suffix})") from error
+    except Image.DecompressionBombError as error:
+        raise InputError(
+            f"{filename}: image is too large to decode safely (limit {MAX_SIDE} px a side and {MAX_VOXELS:,} voxels)"
+        ) from error
+    except OSError as error:
+        raise InputError(f"{filename}: the image is corrupt or truncated ({error})") from error
+
+    is_tiff = image_format == "TIFF"
+    # Kaggle LGG TIFFs stack (pre-contrast, FLAIR, post-contrast); OpenCV's BGR order keeps index 1 in place.
+    take_channel = 1 if is_tiff else None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if is_tiff and n_frames > 1:
+        ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
+        frames = list(pages) if ok else []
+    else:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        frames = [] if decoded is None else [decoded]
+    if not frames:
+        frames = _decode_with_pillow(data, filename)
+    slices = [_to_gray(frame, take_channel) for frame in frames]
+    if len({s.shape for s in slices}) > 1:
+        raise InputError(f"{filename}: the pages of this TIFF differ in size; a stack needs equal pages")
+    dtype = frames[0].dtype
+    return Volume(
+        np.stack(slices),
+        None,
+        {
+            "format": image_format or "image",
+            "bits": int(np.dtype(dtype).itemsize * 8),
+            "channels": 1 if frames[0].ndim == 2 else int(frames[0].shape[-1]),
+            "flair_channel_taken": take_channel is not None and frames[0].ndim == 3,
+        },
+    )
+
+
+def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
+    """Fallback decoder (formats or modes OpenCV refuses); a failure here means the file is broken."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return [np.array(frame.convert("I") if frame.mode in ("I;16", "I;16B") else frame)
+                    for frame in ImageSequence.Iterator(image)]
+    except (OSError, ValueError) as error:
+        raise InputError(f"{filename}: the image is corrupt or truncated and cannot be decoded") from error
+
+
+def _dicom_spacing(dataset) -> tuple[float, float] | None:
+    spacing = getattr(dataset, "PixelSpacing", None) or getattr(dataset, "ImagerPixelSpacing", None)
+    if spacing is None or len(spacing) < 2:
+        return None
+    return float(spacing[0]), float(spacing[1])
+
+
+def _dicom_pixels(dataset, filename: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom raises many types for missing or undecodable pixel data
+        raise InputError(f"{filename}: DICOM file has no readable pixel data ({error})") from error
+    pixels = apply_modality_lut(pixels, dataset)
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        pixels = apply_voi_lut(pixels, dataset)
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if getattr(dataset, "SamplesPerPixel", 1) == 3:
+        pixels = pixels.mean(axis=-1)
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    return pixels
+
+
+def _parse_dicom(data: bytes, filename: str):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as error:
+        raise InputError(f"{filename}: not a DICOM file (no DICOM header found)") from error
+    except Exception as error:
+        raise InputError(f"{filename}: the DICOM file is corrupt or truncated ({error})") from error
+
+
+def _read_dicom(data: bytes, filename: str) -> Volume:
+    dataset = _parse_dicom(data, filename)
+    if "PixelData" not in dataset:
+        raise InputError(f"{filename}: DICOM file holds no image (no PixelData)")
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    _check_shape(filename, (frames, int(dataset.Rows), int(dataset.Columns)))
+    pixels = _dicom_pixels(dataset, filename)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    in_plane = _dicom_spacing(dataset)
+    thickness = float(getattr(dataset, "SpacingBetweenSlices", None) or getattr(dataset, "SliceThickness", 0) or 1.0)
+    spacing = None if in_plane is None else (*in_plane, thickness)
+    return Volume(pixels, spacing, {"format": "DICOM", "bits": int(getattr(dataset, "BitsAllocated", 16)),
+                                    "frames": frames})
+
+
+def _safe_member(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return not path.is_absolute() and ".." not in path.parts and not (path.parts and ":" in path.parts[0])
+
+
+def _read_dicom_zip(data: bytes, filename: str) -> Volume:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+        raise InputError(f"{filename}: not a valid zip archive") from error
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        unsafe = [info.filename for info in members if not _safe_member(info.filename)]
+        if unsafe:
+            raise InputError(f"{filename}: the zip has paths outside the archive ({unsafe[0]}); refusing it")
+        if sum(info.file_size for info in members) > MAX_UNCOMPRESSED_BYTES:
+            raise InputError(f"{filename}: the zip unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
+        slices = []
+        for info in members:
+            try:
+                dataset = _parse_dicom(archive.read(info), info.filename)
+            except InputError:
+                continue  # READMEs, thumbnails and DICOMDIR-like files sit beside series in real exports
+            if "PixelData" in dataset:
+                slices.append(dataset)
+    if not slices:
+        raise InputError(f"{filename}: the zip contains no DICOM image files")
+    shapes = {(int(s.Rows), int(s.Columns)) for s in slices}
+    if len(shapes) > 1:
+        raise InputError(f"{filename}: the DICOM files in the zip differ in size {sorted(shapes)}; zip one series")
+    _check_shape(filename, (len(slices), *shapes.pop()))
+    positions = _slice_positions(slices)
+    order = np.argsort(positions, kind="stable")
+    ordered = [slices[i] for i in order]
+    pixels = np.stack([_dicom_pixels(s, filename).reshape(int(s.Rows), int(s.Columns)) for s in ordered])
+    in_plane = _dicom_spacing(ordered[0])
+    sorted_positions = np.asarray(positions)[order]
+    steps = np.diff(sorted_positions)
+    if len(steps) and np.all(steps > 0) and "ImagePositionPatient" in ordered[0]:
+        thickness = float(np.median(steps))
+    else:
+        thickness = float(getattr(ordered[0], "SliceThickness", 0) or 1.0)
+    spacing = None if in_plane is None else (*in_plane, thickness)
+    return Volume(pixels, spacing, {"format": "DICOM series (zip)", "frames": len(ordered),
+                                    "bits": int(getattr(ordered[0], "BitsAllocated", 16))})
+
+
+def _slice_positions(slices) -> list[float]:
+    """Position of each slice along the slice normal, or the instance number when positions are missing."""
+    first = slices[0]
+    if all("ImagePositionPatient" in s for s in slices) and "ImageOrientationPatient" in first:
+        orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        return [float(np.dot(normal, np.asarray(s.ImagePositionPatient, dtype=float))) for s in slices]
+    return [float(getattr(s, "InstanceNumber", index) or index) for index, s in enumerate(slices)]
+
+
+def _ras_to_slices(array: np.ndarray) -> np.ndarray:
+    """RAS+ (x to the patient's right, y anterior, z superior) -> axial slices shown the radiological way:
+    anterior at the top, the patient's right on the image's left."""
+    return np.ascontiguousarray(np.transpose(array, (2, 1, 0))[:, ::-1, ::-1])
+
+
+def _slices_to_ras(slices: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_ras_to_slices`."""
+    return np.ascontiguousarray(np.transpose(slices[:, ::-1, ::-1], (2, 1, 0)))
+
+
+def _read_nifti(data: bytes, filename: str) -> Volume:
+    import nibabel as nib
+
+    if filename.lower().endswith(".gz"):
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+                data = unzipped.read(MAX_UNCOMPRESSED_BYTES + 1)
+        except (OSError, EOFError) as error:
+            raise InputError(f"{filename}: the gzip data is corrupt or truncated") from error
+        if len(data) > MAX_UNCOMPRESSED_BYTES:
+            raise InputError(f"{filename}: unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
+    try:
+        image = nib.Nifti1Image.from_bytes(data)
+    except Exception:
+        try:
+            image = nib.Nifti2Image.from_bytes(data)
+        except Exception as error:
+            raise InputError(f"{filename}: not a NIfTI file, or a corrupt or truncated one") from error
+    shape = image.shape
+    if len(shape) > 3 and any(n > 1 for n in shape[3:]):
+        raise InputError(
+            f"{filename}: NIfTI has {len(shape)} dimensions {shape}; mriseg reads 2D or 3D volumes. "
+            "Extract one 3D volume (e.g. one time point) first"
+        )
+    if len(shape) < 2:
+        raise InputError(f"{filename}: NIfTI has {len(shape)} dimension(s); an image needs at least 2")
+    image = nib.funcs.squeeze_image(image) if len(shape) > 3 else image
+    if len(image.shape) == 2:
+        image = nib.Nifti1Image(np.asarray(image.dataobj)[..., None], image.affine, image.header)
+    _check_shape(filename, (image.shape[2], image.shape[1], image.shape[0]))
+    try:
+        canonical = nib.as_closest_canonical(image)
+        array = np.asarray(canonical.dataobj, dtype=np.float32)
+    except Exception as error:
+        raise InputError(f"{filename}: the NIfTI image data are truncated or unreadable ({error})") from error
+    pixels = _ras_to_slices(array)
+    zooms = canonical.header.get_zooms()[:3]
+    spacing = (float(zooms[1]), float(zooms[0]), float(zooms[2]))
+    return Volume(pixels, spacing, {"format": "NIfTI", "dtype": str(image.get_data_dtype())}, canonical.affine)
+
+
+READERS = {"raster": _read_raster, "dicom": _read_dicom, "zip": _read_dicom_zip, "nifti": _read_nifti}
+
+
+def _decode(data: bytes, filename: str) -> Volume:
+    if not data:
+        raise InputError(f"{filename}: the file is empty")
+    volume = READERS[file_kind(filename)](data, filename)
+    volume.source.setdefault("filename", filename)
+    volume.source["slices"] = volume.n_slices
+    if not np.all(np.isfinite(volume.pixels)):
+        raise InputError(f"{filename}: the image contains NaN or infinite values")
+    _check_shape(filename, volume.pixels.shape)
+    volume.pixels = volume.pixels.astype(np.float32, copy=False)
+    return volume
+
+
+def read_volume(data: bytes, filename: str) -> Volume:
+    """Read an image file's bytes into a :class:`Volume`.
+
+    Args:
+        data: the file's content.
+        filename: its name; the extension chooses the reader.
+
+    Returns:
+        The volume with spacing (when known) and source metadata.
+
+    Raises:
+        InputError: with a message naming the problem (empty, unsupported, corrupt, constant, too small ...).
+
+    Example:
+        >>> import cv2, numpy as np
+        >>> ok, png = cv2.imencode(".png", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+        >>> read_volume(png.tobytes(), "slice.png").shape
+        (1, 64, 64)
+    """
+    volume = _decode(data, filename)
+    if float(volume.pixels.max()) == float(volume.pixels.min()):
+        raise InputError(f"{filename}: every pixel has the same value; there is no image to segment")
+    return volume
+
+
+def read_mask(data: bytes, filename: str, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a ground-truth mask file: a boolean (slices, H, W) array.
+
+    The file is read like an image and must be binary: two levels (0/1, 0/255, ...) up to compression noise.
+
+    Raises:
+        InputError: when it is not binary or its shape differs from ``expected_shape``.
+    """
+    volume = _decode(data, filename)
+    pixels = volume.pixels
+    low, high = float(pixels.min()), float(pixels.max())
+    if high == low:
+        mask = np.zeros(pixels.shape, dtype=bool) if high <= 0 else np.ones(pixels.shape, dtype=bool)
+    else:
+        span = high - low
+        in_between = (pixels > low + 0.1 * span) & (pixels < high - 0.1 * span)
+        if in_between.mean() > 0.01:
+            raise InputError(
+                f"{filename}: not a binary mask ({in_between.mean():.0%} of pixels lie between the two levels); "
+                "a mask holds only background and tumour values such as 0 and 255"
+            )
+        mask = pixels > (low + high) / 2
+    if expected_shape is not None and tuple(mask.shape) != tuple(expected_shape):
+        raise InputError(
+            f"{filename}: mask is {'x'.join(map(str, mask.shape))} (slices x H x W) but the image is "
+            f"{'x'.join(map(str, expected_shape))}; the mask must match the image it belongs to"
+        )
+    return mask
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """One 2D slice of a data set on disk (float32, H x W); blank slices (outside the head) are allowed."""
+    path = Path(path)
+    return _decode(path.read_bytes(), path.name).pixels[0]
+
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """One 2D boolean mask from a file on disk."""
+    path = Path(path)
+    return read_mask(path.read_bytes(), path.name)[0]
+
+
+def mask_to_png(mask: np.ndarray) -> bytes:
+    """A 2D mask as an 8-bit PNG with values 0 and 255 (the Kaggle LGG convention)."""
+    ok, encoded = cv2.imencode(".png", np.asarray(mask, dtype=np.uint8) * 255)
+    if not ok:
+        raise ValueError("could not encode the mask as PNG")
+    return encoded.tobytes()
+
+
+def mask_to_nifti(mask: np.ndarray, volume: Volume) -> bytes:
+    """A (slices, H, W) mask as gzipped NIfTI (uint8 0/1) aligned with the volume it was predicted on."""
+    import nibabel as nib
+
+    if volume.affine is not None:
+        affine = volume.affine
+    else:
+        row, column, thickness = volume.spacing or (1.0, 1.0, 1.0)
+        affine = np.diag([column, row, thickness, 1.0])
+    image = nib.Nifti1Image(_slices_to_ras(np.asarray(mask, dtype=np.uint8)), affine)
+    return gzip.compress(image.to_bytes(), compresslevel=6)

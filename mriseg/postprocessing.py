@@ -1,0 +1,53 @@
+"""From probabilities to a mask: threshold, then drop connected components too small to be tumour."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PostprocessingConfig:
+    """Args:
+        threshold: probability at or above which a pixel is tumour.
+        min_component_fraction: 2D connected components smaller than this fraction of the slice area are
+            removed (specks that are almost always false positives); 0 keeps everything.
+    """
+
+    threshold: float = 0.5
+    min_component_fraction: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PostprocessingConfig:
+        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
+        return cls(**known)
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected components with fewer than ``min_area`` pixels from each 2D slice."""
+    mask = np.asarray(mask, dtype=bool)
+    if min_area <= 1:
+        return mask
+    cleaned = np.zeros_like(mask)
+    for index, plane in enumerate(mask.reshape(-1, *mask.shape[-2:])):
+        if not plane.any():
+            continue
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(plane.astype(np.uint8), connectivity=8)
+        keep = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= min_area)
+        keep = keep[keep != 0]
+        cleaned.reshape(-1, *mask.shape[-2:])[index] = np.isin(labels, keep)
+    return cleaned
+
+
+def binarize(probabilities: np.ndarray, config: PostprocessingConfig = PostprocessingConfig(),
+             threshold: float | None = None) -> np.ndarray:
+    """Threshold probabilities (``threshold`` overrides the configured one) and remove small components."""
+    threshold = config.threshold if threshold is None else threshold
+    mask = np.asarray(probabilities) >= threshold
+    slice_area = mask.shape[-1] * mask.shape[-2]
+    return remove_small_components(mask, int(round(config.min_component_fraction * slice_area)))

@@ -1,0 +1,160 @@
+"""Preprocessing shared by training, evaluation, the CLI and the app.
+
+Every parameter lives in :class:`PreprocessingConfig`, which is stored in ``weights/config.json`` beside the
+weights, so inference cannot drift from training: whatever intensity scale a file arrives in (8-bit PNG,
+16-bit DICOM, float NIfTI), each slice is clipped to robust percentiles of the head and z-scored over the head,
+padded to a square and resized to the model grid. Probabilities are mapped back to the original size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """How a slice is turned into model input.
+
+    Args:
+        grid_size: side of the square grid the model sees (slices are padded to square, then resized).
+        clip_low: lower percentile of head intensities kept before z-scoring.
+        clip_high: upper percentile of head intensities kept before z-scoring.
+        head_fraction: a pixel belongs to the head when it lies this fraction of the way from the background
+            level to the bright end of the slice; statistics are taken over the head only, because the black
+            background (half of a typical slice) would otherwise dominate them.
+    """
+
+    grid_size: int = 128
+    clip_low: float = 0.5
+    clip_high: float = 99.5
+    head_fraction: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PreprocessingConfig:
+        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
+        return cls(**known)
+
+
+def head_mask(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray:
+    """Pixels bright enough to be head rather than background; all pixels when that leaves too few."""
+    background = np.percentile(image, 1.0)
+    bright = np.percentile(image, 99.0)
+    mask = image > background + head_fraction * (bright - background)
+    if mask.sum() < 0.01 * image.size:
+        return np.ones_like(mask)
+    return mask
+
+
+class RobustNormalize:
+    """Clip a slice to head percentiles and z-score it over the head.
+
+    The result does not change when the intensities are scaled or shifted (a positive affine map), which is
+    what makes an 8-bit PNG and a rescaled 16-bit DICOM of the same slice look the same to the model.
+
+    Example:
+        >>> image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+        >>> np.allclose(RobustNormalize()(image), RobustNormalize()(image * 300 + 7), atol=1e-4)
+        True
+    """
+
+    def __init__(self, config: PreprocessingConfig = PreprocessingConfig()) -> None:
+        self.config = config
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image, dtype=np.float32)
+        head = head_mask(image, self.config.head_fraction)
+        low, high = np.percentile(image[head], [self.config.clip_low, self.config.clip_high])
+        clipped = np.clip(image, low, high)
+        head_values = clipped[head]
+        std = float(head_values.std())
+        if std < 1e-6:
+            std = 1.0
+        return ((clipped - float(head_values.mean())) / std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GridPlacement:
+    """Where an original slice sits inside the model grid, so probabilities can be mapped back."""
+
+    height: int
+    width: int
+    pad_top: int
+    pad_left: int
+
+    @property
+    def side(self) -> int:
+        return max(self.height, self.width)
+
+
+def _resize(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape == (side, side):
+        return image
+    shrinking = side < image.shape[0]
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+class ToGrid:
+    """Pad a 2D array to a centred square and resize it to the model grid.
+
+    Args:
+        grid_size: side of the output.
+    """
+
+    def __init__(self, grid_size: int) -> None:
+        self.grid_size = grid_size
+
+    def placement(self, height: int, width: int) -> GridPlacement:
+        side = max(height, width)
+        return GridPlacement(height, width, (side - height) // 2, (side - width) // 2)
+
+    def __call__(self, image: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        place = self.placement(*image.shape)
+        square = np.full((place.side, place.side), fill, dtype=np.float32)
+        square[place.pad_top : place.pad_top + place.height, place.pad_left : place.pad_left + place.width] = image
+        return _resize(square, self.grid_size)
+
+    def restore(self, grid_image: np.ndarray, place: GridPlacement) -> np.ndarray:
+        """Map a grid-sized array (probabilities) back to the original slice size."""
+        square = _resize(np.asarray(grid_image, dtype=np.float32), place.side)
+        return square[place.pad_top : place.pad_top + place.height, place.pad_left : place.pad_left + place.width]
+
+
+class Preprocessor:
+    """Turns slices into model input and model output back into slice-sized probability maps.
+
+    Args:
+        config: the preprocessing parameters stored with the weights.
+
+    Example:
+        >>> pre = Preprocessor(PreprocessingConfig(grid_size=64))
+        >>> pre.slice_to_grid(np.random.default_rng(0).random((100, 80))).shape
+        (64, 64)
+    """
+
+    def __init__(self, config: PreprocessingConfig = PreprocessingConfig()) -> None:
+        self.config = config
+        self.normalize = RobustNormalize(config)
+        self.to_grid = ToGrid(config.grid_size)
+
+    def slice_to_grid(self, image: np.ndarray) -> np.ndarray:
+        normalized = self.normalize(image)
+        return self.to_grid(normalized, fill=float(normalized.min()))
+
+    def mask_to_grid(self, mask: np.ndarray) -> np.ndarray:
+        """Resize a binary mask to the grid as a soft (area-fraction) target for training."""
+        return self.to_grid(np.asarray(mask, dtype=np.float32), fill=0.0)
+
+    def volume_to_grid(self, volume: np.ndarray) -> np.ndarray:
+        """(S, H, W) slices -> (S, G, G) normalised model input."""
+        return np.stack([self.slice_to_grid(image) for image in volume]).astype(np.float32)
+
+    def grid_to_volume(self, grid_maps: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(S, G, G) probabilities -> (S, H, W) at the original resolution."""
+        place = self.to_grid.placement(height, width)
+        return np.stack([self.to_grid.restore(grid_map, place) for grid_map in grid_maps]).astype(np.float32)

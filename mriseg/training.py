@@ -1,0 +1,292 @@
+"""Training the U-Net on slices in the Kaggle LGG layout, with a patient-level validation split.
+
+Resumable: every epoch writes a checkpoint (model, optimiser state, log) as safetensors + JSON into the run
+folder, and ``--resume`` continues from it. The best epoch by validation per-volume Dice is kept as a complete
+weights folder (``<run>/best``) that the app and the CLI load directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from mriseg.bundle import save_bundle
+from mriseg.data import PatientCase, find_cases, load_split
+from mriseg.inference import Segmenter, resolve_device
+from mriseg.metrics import dice
+from mriseg.model import UNet, UNetConfig, create_model
+from mriseg.postprocessing import PostprocessingConfig
+from mriseg.preprocessing import PreprocessingConfig, Preprocessor
+
+LOG_NAME = "training_log.csv"
+LOG_FIELDS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "learning_rate", "seconds")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe (stored in the weights' config.json).
+
+    Args:
+        epochs: total epochs; the learning rate follows a cosine from ``learning_rate`` to 1 % of it over them.
+        batch_size: slices per step.
+        learning_rate: AdamW peak learning rate (after a warm-up of ``warmup_steps``).
+        weight_decay: AdamW weight decay.
+        positive_fraction: share of sampled slices that contain tumour (the rest are tumour-free, so the model
+            learns to leave healthy slices empty).
+        steps_per_epoch: optimiser steps an epoch; 0 means one pass over the training slices.
+        seed: seeds Python, NumPy and torch, and each epoch's sampling.
+    """
+
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    positive_fraction: float = 0.5
+    steps_per_epoch: int = 0
+    seed: int = 0
+    architecture: UNetConfig = field(default_factory=UNetConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values.pop("architecture")
+        values.pop("preprocessing")
+        return values
+
+
+class IntensityJitter(v2.Transform):
+    """Random contrast and brightness change of the (normalised) image; masks pass through untouched."""
+
+    def __init__(self, scale: tuple[float, float] = (0.85, 1.15), shift: tuple[float, float] = (-0.15, 0.15)) -> None:
+        super().__init__()
+        self.scale = scale
+        self.shift = shift
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"scale": random.uniform(*self.scale), "shift": random.uniform(*self.shift)}
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, tv_tensors.Mask):
+            return inpt
+        return inpt * params["scale"] + params["shift"]
+
+
+def training_augmentation() -> v2.Compose:
+    """Joint image + mask augmentation: mirror, small rotation/scale/shift, intensity jitter."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+        IntensityJitter(),
+    ])
+
+
+class SliceDataset(Dataset):
+    """Preprocessed grid slices and their soft masks, augmented on access.
+
+    The image is shifted so its background sits at 0 during the geometric transform, so the corners a
+    rotation uncovers get background intensity rather than a mid-grey.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: v2.Transform | None = None) -> None:
+        self.images = torch.from_numpy(images)
+        self.masks = torch.from_numpy(masks)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index][None]
+        mask = self.masks[index][None]
+        if self.augment is not None:
+            background = image.min()
+            image, mask = self.augment(tv_tensors.Image(image - background), tv_tensors.Mask(mask))
+            image = image.as_subclass(torch.Tensor) + background
+            mask = mask.as_subclass(torch.Tensor)
+        return image, mask
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice over the batch.
+
+    Cross-entropy alone is dominated by the ~99 % background pixels; the Dice term measures overlap with the
+    tumour itself, whatever its size.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probabilities = torch.sigmoid(logits)
+    intersection = (probabilities * target).sum()
+    soft_dice = (2 * intersection + smooth) / (probabilities.sum() + target.sum() + smooth)
+    return bce + (1 - soft_dice)
+
+
+def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    images, masks = [], []
+    for case in tqdm(cases, desc=desc, unit="patient", leave=False):
+        volume, mask = case.load()
+        images.append(preprocessor.volume_to_grid(volume))
+        masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
+    return np.concatenate(images), np.concatenate(masks)
+
+
+def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
+                    threshold: float = 0.5) -> dict[str, float]:
+    """Dice of each patient's whole stack of slices at the original resolution."""
+    return {name: dice(segmenter.predict(volume).mean >= threshold, mask) for name, volume, mask in cases}
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    floor = 0.01 * config.learning_rate
+    return floor + 0.5 * (config.learning_rate - floor) * (1 + math.cos(math.pi * progress))
+
+
+def _save_checkpoint(folder: Path, model: UNet, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Model and AdamW state as safetensors, counters as JSON; written to a temp name then renamed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, str(folder / "checkpoint.tmp"))
+    (folder / "checkpoint.tmp").replace(folder / "checkpoint.safetensors")
+    state = dict(state, param_groups=optimizer_state["param_groups"])
+    (folder / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def _load_checkpoint(folder: Path, model: UNet, optimizer: torch.optim.Optimizer) -> dict:
+    tensors = load_file(str(folder / "checkpoint.safetensors"))
+    state = json.loads((folder / "state.json").read_text())
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_state: dict = {"state": {}, "param_groups": state.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(optimizer_state)
+    return state
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({key: row[key] for key in LOG_FIELDS})
+
+
+def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, config: TrainConfig = TrainConfig(),
+          device: str | None = "auto", resume: bool = False, max_patients: int | None = None) -> dict:
+    """Train a U-Net, checkpointing every epoch; returns the final state (epochs done, best Dice ...).
+
+    Args:
+        data_dir: a folder in the Kaggle LGG layout.
+        out_dir: the run folder (checkpoint, log, ``best/`` weights folder).
+        split_path: JSON with ``train`` and ``validation`` patient folder names.
+        config: the recipe.
+        device: "auto" picks CUDA when present (with bf16 autocast), else CPU.
+        resume: continue from the checkpoint in ``out_dir``.
+        max_patients: use only the first N patients of each side (for quick tests).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    split = load_split(split_path)
+    cases = {case.name: case for case in find_cases(data_dir)}
+    missing = [name for name in split["train"] + split["validation"] if name not in cases]
+    if missing:
+        raise FileNotFoundError(f"patients of the split not found in {data_dir}: {missing[:5]}")
+    train_cases = [cases[name] for name in split["train"][:max_patients]]
+    validation_cases = [cases[name] for name in split["validation"][:max_patients]]
+
+    preprocessor = Preprocessor(config.preprocessing)
+    images, masks = prepare_slices(train_cases, preprocessor, "preparing training slices")
+    validation = [(case.name, *case.load()) for case in validation_cases]
+    dataset = SliceDataset(images, masks, training_augmentation())
+    positive = masks.reshape(len(masks), -1).max(axis=1) > 0
+    n_positive = max(1, int(positive.sum()))
+    n_negative = max(1, int((~positive).sum()))
+    weights = np.where(positive, config.positive_fraction / n_positive, (1 - config.positive_fraction) / n_negative)
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    model = create_model(config.architecture)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0}
+    checkpoint_dir = out_dir / "checkpoint"
+    if resume and (checkpoint_dir / "checkpoint.safetensors").exists():
+        state = _load_checkpoint(checkpoint_dir, model, optimizer)
+        tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
+
+    recipe = {"training": config.to_dict(), "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
+              "device_trained_on": device.type}
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        started = time.time()
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        sampler = WeightedRandomSampler(weights, steps_per_epoch * config.batch_size, generator=generator)
+        random.seed(config.seed * 1000 + epoch)
+        torch.manual_seed(config.seed * 1000 + epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+        losses = []
+        progress = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for step_in_epoch, (batch, target) in enumerate(progress):
+            step = (epoch - 1) * steps_per_epoch + step_in_epoch
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, config)
+            batch = batch.to(device).contiguous(memory_format=memory_format)
+            target = target.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(batch)
+            loss = bce_dice_loss(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+
+        segmenter = Segmenter(model, config.preprocessing, device=device)
+        scores = list(per_volume_dice(segmenter, validation).values())
+        model.train()
+        row = {
+            "epoch": epoch,
+            "train_loss": round(float(np.mean(losses)), 5),
+            "val_dice_mean": round(float(np.mean(scores)), 5),
+            "val_dice_median": round(float(np.median(scores)), 5),
+            "learning_rate": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.time() - started, 1),
+        }
+        _append_log(out_dir / LOG_NAME, row)
+        tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}  validation per-volume Dice "
+                   f"mean {row['val_dice_mean']:.4f} median {row['val_dice_median']:.4f}  ({row['seconds']} s)")
+        if row["val_dice_mean"] > state["best_dice"]:
+            state.update(best_dice=row["val_dice_mean"], best_epoch=epoch)
+            save_bundle(out_dir / "best", model, config.preprocessing, PostprocessingConfig(),
+                        dict(recipe, best_epoch=epoch, validation_at_training=row))
+        state["epoch"] = epoch
+        _save_checkpoint(checkpoint_dir, model, optimizer, state)
+    return state

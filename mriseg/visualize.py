@@ -1,0 +1,82 @@
+"""Pictures for people: display scaling, mask overlays, probability heat maps and error maps (RGB uint8)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from mriseg.preprocessing import RobustNormalize
+
+COLOURS = {
+    "red": (230, 50, 50),
+    "yellow": (250, 220, 40),
+    "cyan": (40, 220, 250),
+    "green": (60, 220, 90),
+    "magenta": (230, 60, 220),
+}
+# Error-map colours chosen to stay distinct for the common red-green colour blindness.
+ERROR_COLOURS = {
+    "true positive": (250, 220, 40),  # yellow
+    "false positive": (230, 60, 220),  # magenta
+    "false negative": (40, 180, 250),  # blue-cyan
+}
+
+
+def display_image(pixels: np.ndarray) -> np.ndarray:
+    """A 2D slice scaled to uint8 the way the model sees it (head-percentile clipping), as gray RGB."""
+    normalized = RobustNormalize()(pixels)
+    low, high = float(normalized.min()), float(normalized.max())
+    scaled = np.zeros_like(normalized) if high == low else (normalized - low) / (high - low)
+    gray = (scaled * 255).round().astype(np.uint8)
+    return np.stack([gray] * 3, axis=-1)
+
+
+def overlay(image_rgb: np.ndarray, mask: np.ndarray, colour: str | tuple[int, int, int] = "red",
+            opacity: float = 0.45, style: str = "fill") -> np.ndarray:
+    """Draw a mask on an image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8.
+        mask: (H, W) boolean.
+        colour: a name from :data:`COLOURS` or an RGB triple.
+        opacity: 0 (invisible) to 1 (solid) for ``fill``.
+        style: ``fill`` (translucent area) or ``contour`` (2-pixel outline).
+    """
+    rgb = np.array(COLOURS.get(colour, colour) if isinstance(colour, str) else colour, dtype=np.float32)
+    out = image_rgb.copy()
+    mask = np.asarray(mask, dtype=bool)
+    if style == "contour":
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in rgb), thickness=2 if min(mask.shape) >= 128 else 1)
+        return out
+    if style != "fill":
+        raise ValueError(f"style must be 'fill' or 'contour', got {style!r}")
+    out[mask] = ((1 - opacity) * out[mask] + opacity * rgb).round().astype(np.uint8)
+    return out
+
+
+def heatmap(probabilities: np.ndarray, image_rgb: np.ndarray | None = None, opacity: float = 0.6) -> np.ndarray:
+    """Probabilities 0..1 in the inferno colour map, blended on the image where it is given."""
+    coloured = cv2.applyColorMap((np.clip(probabilities, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+    if image_rgb is None:
+        return coloured
+    return (opacity * coloured + (1 - opacity) * image_rgb).round().astype(np.uint8)
+
+
+def error_map(image_rgb: np.ndarray, prediction: np.ndarray, truth: np.ndarray, opacity: float = 0.7) -> np.ndarray:
+    """True positives, false positives and false negatives in the :data:`ERROR_COLOURS`."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    out = image_rgb.copy()
+    for name, region in (("true positive", prediction & truth), ("false positive", prediction & ~truth),
+                         ("false negative", ~prediction & truth)):
+        colour = np.array(ERROR_COLOURS[name], dtype=np.float32)
+        out[region] = ((1 - opacity) * out[region] + opacity * colour).round().astype(np.uint8)
+    return out
+
+
+def to_png(image_rgb: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return encoded.tobytes()

@@ -1,0 +1,214 @@
+"""Streamlit glue shared by the pages: the cached model, the bounded prediction cache, the sidebar, the case.
+
+Pages stay thin: they call :func:`context` for the model and threshold, :func:`current_case` for what is being
+looked at and :func:`predict` for probabilities, which are computed once per file content, model version,
+device and augmentation setting and then reused by every page and every session.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+import torch
+
+from mriseg.bundle import load_segmenter, read_config
+from mriseg.cache import LRUCache
+from mriseg.case import Case, case_from_bytes, load_sample, sample_index
+from mriseg.errors import InputError
+from mriseg.inference import Probabilities, Segmenter
+from mriseg.io import SUPPORTED_EXTENSIONS
+from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.weights import WeightsSource, resolve_weights
+
+DISCLAIMER = "For teaching and research only: not a medical device, never for diagnosis."
+PREDICTION_CACHE_ENTRIES = 24
+UPLOAD_TYPES = sorted({extension.lstrip(".").split(".")[-1] for extension in SUPPORTED_EXTENSIONS} | {"nii.gz"})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The segmenter with where its weights came from and their config."""
+
+    segmenter: Segmenter
+    source: WeightsSource
+    config: dict
+
+    @property
+    def version(self) -> str:
+        return self.config["weights_sha256"][:12]
+
+    @property
+    def postprocessing(self) -> PostprocessingConfig:
+        return self.segmenter.postprocessing
+
+    def describe_source(self) -> str:
+        if self.source.kind == "bundled":
+            return "bundled weights (`weights/`)"
+        how = "downloaded from the Hub" if self.source.kind == "hub" else "HF cache"
+        return f"`{self.source.detail}` ({how})"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: Probabilities
+    seconds: float
+    device: str
+
+
+def _setting(name: str) -> str | None:
+    """An environment variable, else a Streamlit secret, else None."""
+    if os.environ.get(name):
+        return os.environ[name]
+    try:
+        return st.secrets.get(name)
+    except FileNotFoundError:  # no secrets.toml anywhere: nothing configured
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_model(device: str) -> LoadedModel:
+    """Resolve and load the weights once per process and device; a broken Hub copy falls back to the bundle."""
+    source = resolve_weights(_setting("MRISEG_HF_REPO") or "", _setting("MRISEG_HF_REVISION"))
+    try:
+        segmenter = load_segmenter(source.folder, device=device)
+    except InputError:
+        if source.kind == "bundled":
+            raise
+        source = resolve_weights(repo_id="")
+        segmenter = load_segmenter(source.folder, device=device)
+    return LoadedModel(segmenter, source, read_config(source.folder))
+
+
+@st.cache_resource
+def prediction_cache() -> LRUCache:
+    """One bounded cache for the whole server, so memory stays flat as sessions come and go."""
+    return LRUCache(PREDICTION_CACHE_ENTRIES)
+
+
+def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
+    """Probabilities for the case, from the cache or computed now with a progress bar."""
+    key = (case.digest, model.version, str(model.segmenter.device), tta)
+    cache = prediction_cache()
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    slices = case.volume.n_slices
+    label = model.segmenter.device_label
+    bar = st.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
+    started = time.perf_counter()
+    probabilities = model.segmenter.predict(
+        case.volume.pixels, tta=tta,
+        progress=lambda done, total: bar.progress(done / total, text=f"Segmenting slice {done} of {total} on {label}…"),
+    )
+    bar.empty()
+    prediction = Prediction(probabilities, time.perf_counter() - started, label)
+    cache.put(key, prediction)
+    return prediction
+
+
+def current_mask(model: LoadedModel, prediction: Prediction, threshold: float) -> np.ndarray:
+    return binarize(prediction.probabilities.mean, model.postprocessing, threshold)
+
+
+def sidebar() -> None:
+    """Model source and version, device (with an override when CUDA exists), the shared threshold."""
+    with st.sidebar:
+        st.markdown("### :material/neurology: mriseg")
+        if torch.cuda.is_available():
+            st.selectbox("Device", ["auto", "cuda", "cpu"], key="device",
+                         help="auto uses the GPU when there is one")
+        model = load_model(st.session_state.get("device", "auto"))
+        st.session_state.setdefault("threshold", float(model.postprocessing.threshold))
+        st.slider("Threshold", 0.05, 0.95, step=0.01, key="threshold",
+                  help="A pixel is tumour when its probability is at least this. "
+                       f"The model's default, tuned on validation patients, is {model.postprocessing.threshold:.2f}.")
+        st.caption(f"Running on **{model.segmenter.device_label}**")
+        st.caption(f"Model {model.version} · {model.describe_source()}")
+        st.caption(DISCLAIMER)
+
+
+def context() -> tuple[LoadedModel, float]:
+    """The loaded model and the threshold every page shares."""
+    model = load_model(st.session_state.get("device", "auto"))
+    return model, float(st.session_state.get("threshold", model.postprocessing.threshold))
+
+
+def current_case() -> Case | None:
+    return st.session_state.get("case")
+
+
+def set_case(case: Case | None) -> None:
+    st.session_state["case"] = case
+    st.session_state.pop("slice", None)
+
+
+def require_case() -> Case:
+    """The current case, or a pointer to the Segment page and a stop."""
+    case = current_case()
+    if case is None:
+        st.info("No scan yet: open a sample or upload a file on the Segment page.")
+        st.page_link("pages/segment.py", label="Go to Segment", icon=":material/neurology:")
+        st.stop()
+    return case
+
+
+@st.cache_data(show_spinner=False)
+def sample_thumbnails() -> list[tuple[dict, bytes]]:
+    """Each gallery sample with a PNG preview (the middle slice of a volume), encoded once per process."""
+    from mriseg.visualize import display_image, to_png
+
+    previews = []
+    for entry in sample_index():
+        case = load_sample(entry)
+        middle = case.volume.pixels[case.volume.n_slices // 2]
+        previews.append((entry, to_png(display_image(middle))))
+    return previews
+
+
+def sample_label(entry: dict) -> str:
+    if entry["category"] == "volume":
+        return f"whole patient, {entry['slices']} slices"
+    if entry["category"] == "tumour-free":
+        return "no tumour"
+    return f"{entry['category']} tumour, {entry['tumour_pixels']} px"
+
+
+def gallery(columns: int = 5) -> None:
+    """Thumbnails of the shipped samples; a click opens one with its ground truth."""
+    previews = sample_thumbnails()
+    for start in range(0, len(previews), columns):
+        for column, (entry, preview) in zip(st.columns(columns), previews[start : start + columns], strict=False):
+            with column:
+                st.image(preview, caption=sample_label(entry), width="stretch")
+                # A callback runs before the page script, so the page already shows the new case.
+                st.button("Open", key=f"sample-{entry['image']}", width="stretch",
+                          on_click=lambda chosen=entry: set_case(load_sample(chosen)))
+    st.caption("Real FLAIR slices of validation patients (never used for training) from the LGG Segmentation "
+               "Dataset, TCGA-LGG; masks by the data set's radiologists.")
+
+
+def upload_box() -> None:
+    """File upload; a bad file shows its problem and leaves the page usable for the next one."""
+    limit_mb = st.get_option("server.maxUploadSize")
+    uploaded = st.file_uploader(
+        "MRI file", type=UPLOAD_TYPES, key="upload",
+        help="PNG, JPEG, BMP, TIFF (multi-page = a stack), DICOM (.dcm, or a .zip of one series), NIfTI (.nii, "
+             ".nii.gz). A 3-channel TIFF in the Kaggle LGG layout gives its FLAIR channel.",
+    )
+    if uploaded is not None and uploaded.file_id != st.session_state.get("upload_id"):
+        st.session_state["upload_id"] = uploaded.file_id
+        st.session_state["upload_error"] = None
+        try:
+            if uploaded.size > limit_mb * 1024 * 1024:
+                raise InputError(f"{uploaded.name}: {uploaded.size / 2**20:.0f} MB is over the upload limit of "
+                                 f"{limit_mb} MB")
+            set_case(case_from_bytes(uploaded.getvalue(), uploaded.name))
+        except InputError as error:
+            st.session_state["upload_error"] = str(error)
+            set_case(None)
+    if uploaded is not None and st.session_state.get("upload_error"):
+        st.error(st.session_state["upload_error"], icon=":material/block:")

@@ -1,0 +1,82 @@
+"""Compare page: prediction against ground truth, with an error map and the overlap metrics."""
+
+import numpy as np
+import streamlit as st
+
+from mriseg import webapp
+from mriseg.case import with_truth
+from mriseg.errors import InputError
+from mriseg.metrics import compare
+from mriseg.visualize import ERROR_COLOURS, display_image, error_map, overlay
+
+model, threshold = webapp.context()
+st.title("Compare with ground truth")
+case = webapp.require_case()
+
+uploaded = st.file_uploader(
+    "Ground-truth mask (optional)", type=webapp.UPLOAD_TYPES, key="truth_upload",
+    help="A binary mask (PNG/TIFF/NIfTI...) with the same shape as the scan: 0 for background, any one "
+         "value for tumour.",
+)
+if uploaded is not None and uploaded.file_id != st.session_state.get("truth_upload_id"):
+    st.session_state["truth_upload_id"] = uploaded.file_id
+    st.session_state["truth_error"] = None
+    try:
+        case = with_truth(case, uploaded.getvalue(), uploaded.name)
+        st.session_state["case"] = case
+    except InputError as error:
+        st.session_state["truth_error"] = str(error)
+if uploaded is not None and st.session_state.get("truth_error"):
+    st.error(st.session_state["truth_error"], icon=":material/block:")
+
+if case.truth is None:
+    st.info(f"{case.name} has no ground truth. Upload its mask above, or open a sample from the gallery.")
+    st.stop()
+
+prediction = webapp.predict(model, case)
+mask = webapp.current_mask(model, prediction, threshold)
+truth = case.truth
+volume = case.volume
+report = compare(mask, truth, volume.spacing)
+
+st.caption(f"{case.name} · ground truth: {case.truth_source} · threshold {threshold:.2f}"
+           + (" · all slices pooled (per-volume metrics)" if volume.n_slices > 1 else ""))
+cards = st.columns(6)
+cards[0].metric("Dice", f"{report.dice:.3f}")
+cards[1].metric("IoU", f"{report.iou:.3f}")
+cards[2].metric("Precision", f"{report.precision:.3f}")
+cards[3].metric("Recall", f"{report.recall:.3f}")
+unit = "mm" if volume.spacing else "px"
+cards[4].metric("HD95", "n/a" if report.hd95 is None else f"{report.hd95:.1f} {unit}",
+                help="95th percentile distance between the outlines; undefined when either mask is empty")
+difference = report.predicted_pixels - report.truth_pixels
+if volume.voxel_volume_ml is not None and volume.n_slices > 1:
+    cards[5].metric("Volume difference", f"{difference * volume.voxel_volume_ml:+.2f} mL")
+elif volume.pixel_area_mm2 is not None:
+    cards[5].metric("Area difference", f"{difference * volume.pixel_area_mm2:+.1f} mm²")
+else:
+    cards[5].metric("Area difference", f"{difference:+,} px", help="predicted minus ground truth")
+
+
+@st.fragment
+def side_by_side() -> None:
+    index = 0
+    if volume.n_slices > 1:
+        largest = int(np.argmax(truth.reshape(len(truth), -1).sum(axis=1)))
+        st.session_state.setdefault("compare_slice", largest + 1)
+        index = st.slider("Slice", 1, volume.n_slices, key="compare_slice") - 1
+    image = display_image(volume.pixels[index])
+    columns = st.columns(4)
+    columns[0].image(image, caption="Image", width="stretch")
+    columns[1].image(overlay(image, truth[index], "green", style="contour"), caption="Ground truth",
+                     width="stretch")
+    columns[2].image(overlay(image, mask[index], "red", style="contour"), caption="Prediction", width="stretch")
+    columns[3].image(error_map(image, mask[index], truth[index]), caption="Error map", width="stretch")
+    legend = " ".join(
+        f"<span style='background:rgb{colour};color:#000;padding:2px 8px;border-radius:4px'>{name}</span>"
+        for name, colour in ERROR_COLOURS.items()
+    )
+    st.markdown(f"Error map: {legend}", unsafe_allow_html=True)
+
+
+side_by_side()

@@ -1,0 +1,98 @@
+"""Metrics page: how this case responds to the threshold, and how the model did on its validation patients."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from mriseg import webapp
+from mriseg.case import threshold_curve
+
+model, threshold = webapp.context()
+st.title("Metrics")
+
+st.header("This case")
+case = webapp.current_case()
+if case is None:
+    st.info("Open a sample or upload a scan on the Segment page to see how it responds to the threshold.")
+else:
+    prediction = webapp.predict(model, case)
+    probabilities = prediction.probabilities.mean
+    curve = threshold_curve(probabilities, case.truth, model.postprocessing)
+    thresholds = [row["threshold"] for row in curve]
+    figure = go.Figure()
+    if case.truth is not None:
+        figure.add_scatter(x=thresholds, y=[row["dice"] for row in curve], name="Dice", mode="lines+markers")
+        figure.add_scatter(x=thresholds, y=[row["iou"] for row in curve], name="IoU", mode="lines+markers")
+        figure.update_layout(yaxis_title="score", yaxis_range=[0, 1.02])
+        st.caption(f"{case.name}: overlap with the ground truth ({case.truth_source}) at each threshold.")
+    else:
+        figure.add_scatter(x=thresholds, y=[row["predicted_pixels"] for row in curve], name="predicted area",
+                           mode="lines+markers")
+        figure.update_layout(yaxis_title="tumour pixels")
+        st.caption(f"{case.name} has no ground truth: predicted tumour area at each threshold.")
+    figure.add_vline(x=threshold, line_dash="dash", annotation_text=f"current {threshold:.2f}")
+    figure.update_layout(xaxis_title="threshold", height=360, margin=dict(t=30, b=40))
+    st.plotly_chart(figure, key="case_curve")
+    if case.truth is None:
+        values = probabilities[probabilities > 0.01]
+        histogram = go.Figure(go.Histogram(x=values, nbinsx=50))
+        histogram.add_vline(x=threshold, line_dash="dash")
+        histogram.update_layout(xaxis_title="tumour probability (pixels above 0.01)", yaxis_title="pixels",
+                                yaxis_type="log", height=300, margin=dict(t=30, b=40))
+        st.plotly_chart(histogram, key="case_histogram")
+
+st.header("The model")
+folder = model.source.folder
+validation = model.config.get("split", {}).get("validation", [])
+report_path, log_path = folder / "evaluation.json", folder / "training_log.csv"
+if not report_path.exists():
+    st.info("This weights folder ships no evaluation report.")
+    st.stop()
+report = json.loads(report_path.read_text())
+st.markdown(
+    f"Numbers from **{report['n_patients']} validation patients** ({report['n_slices']} slices) of the committed "
+    f"patient split: the model never trained on them, but they chose its best epoch and its threshold "
+    f"({report['threshold']:.2f}), so they are slightly optimistic. Per-volume Dice stacks all slices of a "
+    f"patient into one score, the way the field reports it."
+)
+cards = st.columns(4)
+cards[0].metric("Per-volume Dice, mean", f"{report['per_volume_dice']['mean']:.3f}")
+cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median']:.3f}")
+cards[2].metric("Dice on slices with tumour", f"{report['positive_slice_dice']:.3f}")
+cards[3].metric("False positives on empty slices", f"{report['empty_slice_fp_rate']:.1%}")
+
+left, right = st.columns(2)
+patients = report["patients"]
+strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
+                         pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+strip.update_layout(title="Per-patient Dice", yaxis_title="Dice", yaxis_range=[0, 1.02], height=380)
+left.plotly_chart(strip, key="patients_strip")
+sweep = report["threshold_sweep"]
+sweep_figure = go.Figure()
+sweep_figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volume_dice_mean"] for row in sweep],
+                         name="mean", mode="lines+markers")
+if "per_volume_dice_median" in sweep[0]:
+    sweep_figure.add_scatter(x=[row["threshold"] for row in sweep],
+                             y=[row["per_volume_dice_median"] for row in sweep], name="median", mode="lines+markers")
+sweep_figure.add_vline(x=threshold, line_dash="dash", annotation_text="current")
+sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=380)
+right.plotly_chart(sweep_figure, key="sweep")
+
+if log_path.exists():
+    rows = list(csv.DictReader(io.StringIO(log_path.read_text())))
+    epochs = [int(row["epoch"]) for row in rows]
+    curves = go.Figure()
+    curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
+    curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
+                       yaxis="y2")
+    best = int(np.argmax([float(row["val_dice_mean"]) for row in rows]))
+    curves.add_vline(x=epochs[best], line_dash="dot", annotation_text=f"best epoch {epochs[best]}")
+    curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",
+                         yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1]), height=380)
+    st.plotly_chart(curves, key="training_curves")
+with st.expander(f"Validation patients ({len(validation)})"):
+    st.write(", ".join(validation))

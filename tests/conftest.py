@@ -1,0 +1,99 @@
+"""Shared fixtures. Importing torch here pays its cold-import cost once, before any timed Streamlit test."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (warm import, see module docstring)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = REPO_ROOT / "samples"
+WEIGHTS = REPO_ROOT / "weights"
+DATA = REPO_ROOT.parent / "shared" / "data" / "lgg-flair"
+
+
+@pytest.fixture(scope="session")
+def sample_index() -> list[dict]:
+    return json.loads((SAMPLES / "index.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def slice_samples(sample_index) -> list[dict]:
+    return [entry for entry in sample_index if entry["category"] != "volume"]
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    """The shipped model on the CPU (tests must pass on machines without a GPU)."""
+    from mriseg.bundle import load_segmenter
+
+    return load_segmenter(WEIGHTS, device="cpu")
+
+
+@pytest.fixture
+def kaggle_folder(tmp_path, slice_samples) -> Path:
+    """A small data set in the Kaggle layout built from the sample slices (one patient folder per sample)."""
+    for entry in slice_samples:
+        folder = tmp_path / entry["patient"]
+        folder.mkdir(exist_ok=True)
+        for key in ("image", "mask"):
+            shutil.copy(SAMPLES / entry[key], folder / entry[key])
+    return tmp_path
+
+
+def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, spacing=(0.5, 0.5),
+               position: tuple[float, float, float] | None = None, instance: int = 1, frames: bool = False,
+               window: tuple[float, float] | None = None) -> bytes:
+    """A real DICOM file (MR, 16-bit unsigned) written with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    pixels = np.asarray(pixels, dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = "Test^Phantom"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if frames:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelSpacing = list(spacing)
+    ds.SliceThickness = 5.0
+    ds.InstanceNumber = instance
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if position is not None:
+        ds.ImagePositionPatient = list(position)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def head_phantom(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A synthetic head-like slice: dark background, bright ellipse with texture and a brighter blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    head = ((yy - size / 2) / (0.42 * size)) ** 2 + ((xx - size / 2) / (0.35 * size)) ** 2 < 1
+    blob = (yy - 0.4 * size) ** 2 + (xx - 0.6 * size) ** 2 < (0.1 * size) ** 2
+    image = np.where(head, 100 + 20 * rng.random((size, size)), 2 * rng.random((size, size)))
+    return (image + 80 * blob).astype(np.float32)

@@ -1,0 +1,190 @@
+"""The Streamlit app through AppTest: every page, uploads, the shared threshold, bad input.
+
+Shown numbers are checked against what mriseg computes for the same file and threshold.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, SAMPLES
+from streamlit import config as streamlit_config
+from streamlit.testing.v1 import AppTest
+
+from mriseg.bundle import load_segmenter, read_config
+from mriseg.case import load_sample
+from mriseg.metrics import compare
+from mriseg.postprocessing import binarize
+
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    monkeypatch.setenv("MRISEG_HF_REPO", "")
+
+
+@pytest.fixture(scope="module")
+def cpu_segmenter():
+    return load_segmenter(REPO_ROOT / "weights", device="cpu")
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def expected_mask(segmenter, pixels, threshold):
+    return binarize(segmenter.predict(pixels).mean, segmenter.postprocessing, threshold)
+
+
+def open_sample(at: AppTest, image_name: str) -> AppTest:
+    at.button(key=f"sample-{image_name}").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key=key).set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def largest_sample(sample_index):
+    return max((e for e in sample_index if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
+
+
+def test_home_shows_gallery_and_sidebar():
+    at = start()
+    assert at.title[0].value == "Segment a brain MRI"
+    assert len([b for b in at.button if b.key and b.key.startswith("sample-")]) == 9
+    sidebar_text = " ".join(c.value for c in at.sidebar.caption)
+    assert "Running on **CPU**" in sidebar_text or "GPU" in sidebar_text
+    assert "not a medical device" in sidebar_text and "bundled weights" in sidebar_text
+    assert at.slider(key="threshold").value == pytest.approx(read_config(REPO_ROOT / "weights")["postprocessing"]
+                                                             ["threshold"])
+
+
+def test_sample_area_follows_threshold(cpu_segmenter, sample_index):
+    entry = largest_sample(sample_index)
+    at = open_sample(start(), entry["image"])
+    case = load_sample(entry)
+    for threshold in (at.slider(key="threshold").value, 0.8):
+        at.slider(key="threshold").set_value(threshold).run()
+        expected = int(expected_mask(cpu_segmenter, case.volume.pixels, threshold).sum())
+        assert metric(at, "Tumour area, this slice") == f"{expected:,} px"
+    assert len(at.get("download_button")) == 3
+
+
+def test_upload_png_then_bad_file_then_good_file(cpu_segmenter, slice_samples):
+    entry = slice_samples[2]
+    data = (SAMPLES / entry["image"]).read_bytes()
+    at = start()
+    at.radio(key="source").set_value("Upload a file").run()
+    upload(at, "upload", entry["image"], data)
+    threshold = at.slider(key="threshold").value
+    expected = int(expected_mask(cpu_segmenter, load_sample(entry).volume.pixels, threshold).sum())
+    assert metric(at, "Tumour area, this slice") == f"{expected:,} px"
+
+    upload(at, "upload", "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    assert "broken.png" in at.error[0].value and "Traceback" not in at.error[0].value
+    assert not any(m.label == "Tumour area, this slice" for m in at.metric)
+
+    upload(at, "upload", entry["image"], data)
+    assert not at.error
+    assert metric(at, "Tumour area, this slice") == f"{expected:,} px"
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("fmri.nii", nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 4, 2)).astype(np.float32),
+                                 np.eye(4)).to_bytes(), "4 dimensions"),
+    ("empty.png", b"", "empty"),
+    ("flat.png", None, "same value"),
+])
+def test_bad_uploads_get_their_own_message(name, data, message):
+    if data is None:
+        import cv2
+
+        data = cv2.imencode(".png", np.full((64, 64), 9, np.uint8))[1].tobytes()
+    at = start()
+    at.radio(key="source").set_value("Upload a file").run()
+    upload(at, "upload", name, data)
+    assert message in at.error[0].value
+
+
+def test_file_over_the_upload_cap_is_refused():
+    streamlit_config.set_option("server.maxUploadSize", 1)
+    try:
+        at = start()
+        at.radio(key="source").set_value("Upload a file").run()
+        upload(at, "upload", "huge.nii.gz", gzip.compress(b"\x00" * 10) + b"\x00" * (2 * 1024 * 1024))
+        assert "over the upload limit of 1 MB" in at.error[0].value
+    finally:
+        streamlit_config.set_option("server.maxUploadSize", 200)
+
+
+def test_volume_sample_starts_on_largest_predicted_slice(cpu_segmenter, sample_index):
+    entry = next(e for e in sample_index if e["category"] == "volume")
+    at = open_sample(start(), entry["image"])
+    case = load_sample(entry)
+    mask = expected_mask(cpu_segmenter, case.volume.pixels, at.slider(key="threshold").value)
+    largest = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
+    assert at.slider(key="slice").value == largest + 1
+    assert metric(at, "Tumour, all slices") == f"{int(mask.sum()):,} px"
+    assert metric(at, "Tumour volume") == "unknown spacing"
+
+
+def test_compare_page_shows_mriseg_dice(cpu_segmenter, sample_index):
+    entry = largest_sample(sample_index)
+    at = open_sample(start(), entry["image"])
+    at.slider(key="threshold").set_value(0.6).run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    case = load_sample(entry)
+    report = compare(expected_mask(cpu_segmenter, case.volume.pixels, 0.6), case.truth)
+    assert metric(at, "Dice") == f"{report.dice:.3f}"
+    assert metric(at, "IoU") == f"{report.iou:.3f}"
+    assert at.slider(key="threshold").value == 0.6  # shared across pages
+    legend = next(m.value for m in at.markdown if m.value.startswith("Error map"))
+    assert all(name in legend for name in ("true positive", "false positive", "false negative"))
+
+
+def test_compare_rejects_wrong_shape_and_non_binary_masks(slice_samples):
+    import cv2
+
+    at = open_sample(start(), slice_samples[0]["image"])
+    at.switch_page("pages/compare.py").run()
+    upload(at, "truth_upload", "small_mask.png", cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes())
+    assert "must match the image" in at.error[0].value
+    gradient = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    upload(at, "truth_upload", "gray.png", cv2.imencode(".png", gradient)[1].tobytes())
+    assert "not a binary mask" in at.error[0].value
+    assert metric(at, "Dice")  # the sample's own ground truth still shows
+
+
+def test_compare_without_case_points_to_segment():
+    at = start()
+    at.switch_page("pages/compare.py").run()
+    assert "No scan yet" in at.info[0].value
+
+
+def test_metrics_page_for_case_and_model(slice_samples):
+    at = open_sample(start(), slice_samples[0]["image"])
+    at.switch_page("pages/metrics.py").run()
+    assert not at.exception, at.exception
+    report = json.loads((REPO_ROOT / "weights" / "evaluation.json").read_text())
+    assert metric(at, "Per-volume Dice, mean") == f"{report['per_volume_dice']['mean']:.3f}"
+    assert any(f"{report['n_patients']} validation patients" in m.value for m in at.markdown)
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 4  # case curve, per-patient strip, sweep, training curves

@@ -1,0 +1,113 @@
+"""The app in a real browser: Debian Chromium driven by Playwright against ``streamlit run app.py``.
+
+In CI (``CI`` set) a missing browser is a failure; on a user's machine without Chromium the test is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, SAMPLES
+
+from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to run browser tests"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server():
+    require_chromium()
+    with streamlit_server() as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    with launch_browser() as chromium:
+        yield chromium
+
+
+def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
+    from playwright.sync_api import expect
+
+    entry = max(slice_samples, key=lambda e: e["tumour_pixels"])
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(server)
+    expect(page.get_by_role("heading", name="Segment a brain MRI")).to_be_visible()
+
+    # Upload a real slice and see the overlay.
+    page.get_by_text("Upload a file").click()
+    page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["image"]))
+    overlay_caption = page.get_by_text(re.compile(r"^Tumour at threshold \d\.\d\d$"))
+    expect(overlay_caption).to_be_visible()
+    before = overlay_caption.inner_text()
+    expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
+
+    # Move the shared threshold with the keyboard, once the app has finished its run.
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    slider = page.locator("[data-testid='stSidebar'] input[type=range]").first
+    slider.focus()
+    for _ in range(10):
+        slider.press("ArrowRight")
+    target = round(float(before.split()[-1]) + 0.10, 2)
+    expect(slider).to_have_value(str(target))
+    expect(page.get_by_text(f"Tumour at threshold {target:.2f}", exact=True)).to_be_visible()
+    expect(page.get_by_text(before, exact=True)).to_have_count(0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "segment.png"), full_page=True)
+
+    # Compare page: upload the matching ground truth and read a Dice value.
+    page.get_by_role("link", name="Compare with ground truth").click()
+    expect(page.get_by_role("heading", name="Compare with ground truth")).to_be_visible()
+    page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["mask"]))
+    dice_metric = page.locator("[data-testid='stMetric']").filter(has_text="Dice").first
+    expect(dice_metric).to_be_visible()
+    dice_value = float(dice_metric.locator("[data-testid='stMetricValue']").inner_text())
+    assert 0.0 <= dice_value <= 1.0
+    expect(page.get_by_text("false negative")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+
+    # A bad file gets a message, not a traceback, and the page keeps working.
+    page.get_by_role("link", name="Segment").click()
+    page.get_by_text("Upload a file").click()
+    bad = ARTIFACTS / "not_an_image.png"
+    bad.write_text("this is not a scan")
+    page.locator("input[type=file]").set_input_files(str(bad))
+    expect(page.get_by_text("not a readable image")).to_be_visible()
+    expect(page.get_by_text("Traceback")).to_have_count(0)
+    page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["image"]))
+    expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
+    page.close()
+
+
+def test_screenshot_for_readme(server, browser, sample_index):
+    """The gallery with a sample open: the picture in the README."""
+    from playwright.sync_api import expect
+
+    entry = max((e for e in sample_index if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
+    page = browser.new_page(viewport={"width": 1500, "height": 1150})
+    page.goto(server)
+    page.get_by_role("button", name="Open").first.click()
+    expect(page.get_by_text(re.compile(r"^Tumour at threshold"))).to_be_visible()
+    expect(page.get_by_role("heading", name=entry["image"])).to_be_visible()
+    expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app.png"))
+    if os.environ.get("MRISEG_UPDATE_SCREENSHOT"):
+        shutil.copy(ARTIFACTS / "app.png", REPO_ROOT / "docs" / "screenshot.png")
+    page.close()

@@ -1,0 +1,49 @@
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from mriseg.case import case_from_bytes, load_sample, measurements_csv, threshold_curve, with_truth
+from mriseg.errors import InputError
+from mriseg.io import mask_to_png
+from mriseg.postprocessing import PostprocessingConfig
+
+
+def test_samples_load_with_ground_truth(sample_index):
+    for entry in sample_index:
+        case = load_sample(entry)
+        assert case.truth is not None and case.truth.shape == case.volume.shape
+        assert int(case.truth.sum()) == entry["tumour_pixels"]
+
+
+def test_same_content_same_digest(slice_samples):
+    from conftest import SAMPLES
+
+    data = (SAMPLES / slice_samples[0]["image"]).read_bytes()
+    assert case_from_bytes(data, "a.png").digest == case_from_bytes(data, "b.png").digest
+
+
+def test_uploaded_truth_must_match(slice_samples):
+    case = load_sample(slice_samples[0])
+    good = with_truth(case, mask_to_png(case.truth[0]), "mine.png")
+    assert good.truth_source == "uploaded mask mine.png"
+    with pytest.raises(InputError, match="must match"):
+        with_truth(case, mask_to_png(np.zeros((128, 128), bool)), "small.png")
+
+
+def test_threshold_curve_is_monotone_in_area():
+    probabilities = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
+    truth = probabilities > 0.5
+    rows = threshold_curve(probabilities, truth, PostprocessingConfig())
+    areas = [row["predicted_pixels"] for row in rows]
+    assert areas == sorted(areas, reverse=True)
+    assert max(row["dice"] for row in rows) == pytest.approx(1.0)
+    assert "dice" not in threshold_curve(probabilities, None, PostprocessingConfig())[0]
+
+
+def test_measurements_csv(slice_samples):
+    case = load_sample(slice_samples[0])
+    rows = list(csv.DictReader(io.StringIO(measurements_csv(case, case.truth, 0.5))))
+    assert rows[-1]["slice"] == "all" and int(rows[-1]["tumour_pixels"]) == int(case.truth.sum())
+    assert rows[-1]["tumour_area_mm2"] == ""  # PNG records no spacing

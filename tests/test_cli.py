@@ -1,0 +1,71 @@
+"""``python -m mriseg`` end to end on real sample files, in a fresh process like a user's."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import pytest
+from conftest import REPO_ROOT, SAMPLES
+
+
+def mriseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MRISEG_HF_REPO="")
+    return subprocess.run([sys.executable, "-m", "mriseg", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or REPO_ROOT, timeout=600)
+
+
+def test_predict_writes_masks_and_reports_sizes(tmp_path, sample_index):
+    slice_entry = next(e for e in sample_index if e["category"] == "large")
+    volume_entry = next(e for e in sample_index if e["category"] == "volume")
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = mriseg("predict", str(SAMPLES / slice_entry["image"]), str(SAMPLES / volume_entry["image"]), str(bad),
+                    "--out", str(tmp_path / "out"), "--threshold", "0.5", "--device", "cpu")
+    assert result.returncode == 1  # one input was bad
+    assert "notes.png: not a readable image" in result.stderr
+    assert "Traceback" not in result.stderr
+    png_mask = tmp_path / "out" / (slice_entry["image"].removesuffix(".png") + "_mask.png")
+    assert png_mask.exists()
+    nifti_mask = tmp_path / "out" / (volume_entry["image"].removesuffix(".tif") + "_mask.nii.gz")
+    assert nib.load(nifti_mask).shape == (256, 256, volume_entry["slices"])
+    line = next(line for line in result.stdout.splitlines() if line.startswith(slice_entry["image"]))
+    assert int(line.split("tumour ")[1].split(" px")[0]) > 0
+
+
+def test_evaluate_writes_the_json_report(tmp_path, kaggle_folder):
+    report_path = tmp_path / "report.json"
+    result = mriseg("evaluate", "--data", str(kaggle_folder), "--out", str(report_path), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert {"per_volume_dice", "patients", "positive_slice_dice", "empty_slice_fp_rate", "threshold_sweep",
+            "n_patients", "n_slices"} <= set(report)
+    assert "per-volume Dice mean" in result.stdout
+    # the samples are validation patients: no warning about training patients
+    assert report["patients_seen_in_training"] == 0 and "warning" not in result.stderr
+
+
+def test_evaluate_missing_folder_is_a_clear_error(tmp_path):
+    result = mriseg("evaluate", "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_prints_latency():
+    result = mriseg("bench", "--repeats", "3", "--slices", "4")
+    assert result.returncode == 0, result.stderr
+    assert "latency per 256x256 slice" in result.stdout and "slices/s" in result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--resume"]])
+def test_train_smoke(tmp_path, kaggle_folder, slice_samples, extra):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:2], "validation": patients[2:3]}))
+    result = mriseg("train", "--data", str(kaggle_folder), "--split", str(split), "--out", str(tmp_path / "run"),
+                    "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--width", "4", "--depth", "2",
+                    "--grid", "64", "--device", "cpu", *extra)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+    done = next(line for line in result.stdout.splitlines() if line.startswith("done:"))
+    assert 0.0 <= float(done.split("per-volume Dice ")[1].split()[0]) <= 1.0

@@ -1,0 +1,66 @@
+"""Evaluation on folders in the Kaggle layout (PNG and original 3-channel TIFF)."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from mriseg.evaluation import PatientPrediction, evaluate, format_report, summarize, tune_postprocessing
+from mriseg.postprocessing import PostprocessingConfig
+
+REQUIRED_KEYS = ("per_volume_dice", "patients", "positive_slice_dice", "empty_slice_fp_rate", "threshold_sweep",
+                 "n_patients", "n_slices")
+
+
+def test_report_on_sample_folder(segmenter, kaggle_folder, slice_samples):
+    report = evaluate(kaggle_folder, segmenter)
+    for key in REQUIRED_KEYS:
+        assert key in report
+    assert set(report["per_volume_dice"]) >= {"mean", "median"}
+    assert report["n_patients"] == len({e["patient"] for e in slice_samples})
+    assert report["n_slices"] == len(slice_samples)
+    assert all({"threshold", "per_volume_dice_mean"} <= set(row) for row in report["threshold_sweep"])
+    assert np.mean(list(report["patients"].values())) == pytest.approx(report["per_volume_dice"]["mean"])
+    assert "per-volume Dice mean" in format_report(report)
+    json.dumps(report)  # JSON-ready
+
+
+def test_original_three_channel_tiff_layout_gives_the_same_numbers(segmenter, kaggle_folder, tmp_path):
+    tiff_root = tmp_path / "tiff"
+    for png in kaggle_folder.glob("*/*.png"):
+        target = tiff_root / png.parent.name / png.with_suffix(".tif").name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        gray = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+        if png.stem.endswith("_mask"):
+            cv2.imwrite(str(target), gray)
+        else:  # pre-contrast and post-contrast stand-ins around the real FLAIR channel (OpenCV writes BGR)
+            cv2.imwrite(str(target), np.stack([255 - gray, gray, gray // 2], axis=-1))
+    from_png = evaluate(kaggle_folder, segmenter)
+    from_tiff = evaluate(tiff_root, segmenter)
+    assert from_tiff["patients"] == pytest.approx(from_png["patients"])
+
+
+def test_hand_made_predictions_give_hand_computed_numbers():
+    truth = np.zeros((4, 32, 32), bool)
+    truth[1, 10:20, 10:20] = True  # 100 px on one slice; three empty slices
+    probabilities = np.zeros((4, 32, 32), np.float32)
+    probabilities[1, 10:20, 10:15] = 0.7  # half the tumour
+    probabilities[3, 0:2, 0:2] = 0.6  # a false positive on an empty slice
+    report = summarize([PatientPrediction("p1", probabilities, truth)], PostprocessingConfig(threshold=0.5))
+    assert report["patients"]["p1"] == pytest.approx(100 / 154)  # tp 50, fp 4, fn 50
+    assert report["positive_slice_dice"] == pytest.approx(100 / 150)
+    assert report["empty_slice_fp_rate"] == pytest.approx(1 / 3)
+    sweep = {row["threshold"]: row["per_volume_dice_mean"] for row in report["threshold_sweep"]}
+    assert sweep[0.65] == pytest.approx(100 / 150)  # the 0.6 false positive is gone
+    assert sweep[0.75] == 0.0
+
+
+def test_tuning_finds_the_threshold_and_speck_filter_that_help():
+    truth = np.zeros((2, 64, 64), bool)
+    truth[0, 20:40, 20:40] = True
+    probabilities = np.where(truth, 0.35, 0.0).astype(np.float32)
+    probabilities[1, 5, 5] = 0.9  # an isolated speck
+    config, score = tune_postprocessing([PatientPrediction("p", probabilities, truth)])
+    assert config.threshold <= 0.35 and config.min_component_fraction > 0
+    assert score == pytest.approx(1.0)

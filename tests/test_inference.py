@@ -1,0 +1,71 @@
+"""The Segmenter on the shipped weights: sizes, devices, TTA, threads, and that it finds real tumours."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+from mriseg.inference import resolve_device
+from mriseg.io import read_mask_file, read_volume
+from mriseg.metrics import dice
+
+
+def load_sample(entry):
+    volume = read_volume((SAMPLES / entry["image"]).read_bytes(), entry["image"])
+    return volume, read_mask_file(SAMPLES / entry["mask"])
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (181, 217), (3, 64, 96)])
+def test_probabilities_come_back_at_the_original_size(segmenter, shape):
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    result = segmenter.predict(pixels)
+    expected = shape if len(shape) == 3 else (1, *shape)
+    assert result.mean.shape == expected and result.std is None
+    assert result.mean.min() >= 0.0 and result.mean.max() <= 1.0
+
+
+def test_tta_returns_mean_and_std(segmenter, slice_samples):
+    volume, _ = load_sample(slice_samples[0])
+    plain = segmenter.predict(volume.pixels)
+    result = segmenter.predict(volume.pixels, tta=True)
+    assert result.std.shape == result.mean.shape
+    assert result.std.min() >= 0 and result.std.max() <= 0.5
+    assert not np.allclose(result.mean, plain.mean)  # the mirrored view does contribute
+
+
+def test_progress_is_reported(segmenter):
+    calls = []
+    segmenter.predict(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32),
+                      progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (20, 20) and len(calls) == 2
+
+
+def test_many_threads_share_one_model(segmenter, slice_samples):
+    volumes = [load_sample(entry)[0].pixels for entry in slice_samples]
+    sequential = [segmenter.predict(v).mean for v in volumes]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda v: segmenter.predict(v).mean, volumes))
+    for a, b in zip(sequential, parallel, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_finds_large_tumours_and_leaves_healthy_slices_nearly_empty(segmenter, slice_samples):
+    for entry in slice_samples:
+        volume, truth = load_sample(entry)
+        mask = segmenter.segment(volume.pixels)[0]
+        if entry["category"] == "large":
+            assert dice(mask, truth) > 0.7, entry["image"]
+        if entry["category"] == "tumour-free":
+            assert mask.sum() < 100, entry["image"]
+
+
+def test_cuda_request_without_gpu_is_explained():
+    import torch
+
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in {"cpu", "cuda"}

@@ -1,0 +1,70 @@
+"""Metric functions against hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from mriseg.metrics import compare, dice, hd95, iou, precision, recall
+
+
+def masks_from(*rows: str) -> np.ndarray:
+    return np.array([[c == "#" for c in row] for row in rows])
+
+
+def test_empty_versus_empty_is_perfect():
+    empty = np.zeros((8, 8), bool)
+    assert dice(empty, empty) == iou(empty, empty) == precision(empty, empty) == recall(empty, empty) == 1.0
+    assert hd95(empty, empty) is None
+
+
+def test_prediction_on_empty_truth_scores_zero():
+    truth = np.zeros((8, 8), bool)
+    prediction = truth.copy()
+    prediction[3, 3] = True
+    assert dice(prediction, truth) == 0.0
+    assert precision(prediction, truth) == 0.0
+    assert recall(prediction, truth) == 1.0
+
+
+def test_one_pixel_match():
+    one = np.zeros((8, 8), bool)
+    one[2, 5] = True
+    assert dice(one, one) == 1.0
+    assert hd95(one, one) == 0.0
+
+
+def test_hand_computed_overlap():
+    prediction = masks_from("##..", "##..", "....")
+    truth = masks_from(".##.", ".##.", "....")
+    # tp = 2, fp = 2, fn = 2
+    assert dice(prediction, truth) == pytest.approx(0.5)
+    assert iou(prediction, truth) == pytest.approx(2 / 6)
+    assert precision(prediction, truth) == pytest.approx(0.5)
+    assert recall(prediction, truth) == pytest.approx(0.5)
+
+
+def test_hd95_of_shifted_square_is_the_shift():
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    shifted = np.roll(truth, 3, axis=1)
+    assert hd95(shifted, truth) == pytest.approx(3.0)
+    assert hd95(shifted, truth, spacing=(0.5, 0.5)) == pytest.approx(1.5)
+
+
+def test_volume_dice_pools_slices():
+    truth = np.zeros((3, 10, 10), bool)
+    truth[1, 2:6, 2:6] = True  # 16 pixels, one slice
+    prediction = truth.copy()
+    prediction[2, 0, 0] = True  # one false positive on an empty slice
+    assert dice(prediction, truth) == pytest.approx(32 / 33)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="same shape"):
+        dice(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_compare_reports_everything():
+    truth = np.zeros((10, 10), bool)
+    truth[2:5, 2:5] = True
+    report = compare(truth, truth)
+    assert report.dice == 1.0 and report.truth_pixels == 9 and report.predicted_pixels == 9

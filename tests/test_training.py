@@ -1,0 +1,94 @@
+"""Training: loss goes down on real slices, checkpoints resume, the best epoch becomes a weights folder."""
+
+import json
+
+import numpy as np
+import torch
+from conftest import SAMPLES
+
+from mriseg.bundle import load_segmenter
+from mriseg.io import read_image_file, read_mask_file
+from mriseg.model import UNetConfig, create_model
+from mriseg.preprocessing import PreprocessingConfig, Preprocessor
+from mriseg.training import (
+    SliceDataset,
+    TrainConfig,
+    bce_dice_loss,
+    learning_rate_at,
+    train,
+    training_augmentation,
+)
+
+
+def sample_tensors(slice_samples, grid=64):
+    preprocessor = Preprocessor(PreprocessingConfig(grid_size=grid))
+    images = np.stack([preprocessor.slice_to_grid(read_image_file(SAMPLES / e["image"])) for e in slice_samples])
+    masks = np.stack([preprocessor.mask_to_grid(read_mask_file(SAMPLES / e["mask"])) for e in slice_samples])
+    return images, masks
+
+
+def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples):
+    torch.manual_seed(0)
+    images, masks = sample_tensors(slice_samples)
+    x, y = torch.from_numpy(images)[:, None], torch.from_numpy(masks)[:, None]
+    model = create_model(UNetConfig(base_width=8, depth=3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = bce_dice_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_augmentation_moves_image_and_mask_together(slice_samples):
+    images, masks = sample_tensors(slice_samples[:1], grid=128)
+    torch.manual_seed(3)
+    dataset = SliceDataset(images, (masks > 0.5).astype(np.float32), training_augmentation())
+    for _ in range(5):
+        image, mask = dataset[0]
+        assert image.shape == mask.shape == (1, 128, 128)
+        assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
+        # tumour is bright on FLAIR: the augmented mask must still cover bright pixels of the augmented image
+        assert image[mask > 0].mean() > image[mask == 0].mean() + 0.5
+
+
+def test_loss_is_small_for_a_perfect_prediction():
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 8:20, 8:20] = 1
+    perfect = (target * 2 - 1) * 20
+    assert bce_dice_loss(perfect, target).item() < 0.01
+    assert bce_dice_loss(-perfect, target).item() > 1.0
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(learning_rate=1e-3, warmup_steps=10)
+    assert learning_rate_at(0, 100, config) < learning_rate_at(9, 100, config) == 1e-3
+    assert learning_rate_at(99, 100, config) < 2e-5
+
+
+def test_train_checkpoints_resumes_and_ships_best(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:6], "validation": patients[6:]}))
+    config = TrainConfig(epochs=2, batch_size=4, steps_per_epoch=3, warmup_steps=2,
+                         architecture=UNetConfig(base_width=4, depth=2),
+                         preprocessing=PreprocessingConfig(grid_size=64))
+    run = tmp_path / "run"
+    state = train(kaggle_folder, run, split, config, device="cpu")
+    assert state["epoch"] == 2
+    log = (run / "training_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,train_loss,val_dice_mean") and len(log) == 3
+
+    longer = TrainConfig(**{**config.__dict__, "epochs": 3})
+    state = train(kaggle_folder, run, split, longer, device="cpu", resume=True)
+    assert state["epoch"] == 3
+    assert len((run / "training_log.csv").read_text().splitlines()) == 4
+
+    best = json.loads((run / "best" / "config.json").read_text())
+    assert best["split"]["validation"] == patients[6:]
+    assert best["preprocessing"]["grid_size"] == 64
+    segmenter = load_segmenter(run / "best", device="cpu")
+    assert segmenter.predict(np.ones((1, 80, 80), np.float32) * np.arange(80)).mean.shape == (1, 80, 80)

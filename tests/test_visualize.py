@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from mriseg.visualize import ERROR_COLOURS, display_image, error_map, heatmap, overlay, to_png
+
+
+def gray(size=64):
+    return np.full((size, size, 3), 100, np.uint8)
+
+
+def test_display_image_is_rgb_uint8_full_range():
+    image = display_image(np.random.default_rng(0).random((50, 60)).astype(np.float32) * 4000)
+    assert image.shape == (50, 60, 3) and image.dtype == np.uint8
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_fill_overlay_tints_only_the_mask():
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 10:20] = True
+    out = overlay(gray(), mask, "red", opacity=0.5)
+    assert (out[~mask] == 100).all()
+    assert out[15, 15, 0] > 150 and out[15, 15, 1] < 100
+
+
+def test_contour_overlay_draws_the_outline_only():
+    mask = np.zeros((256, 256), bool)
+    mask[50:150, 50:150] = True
+    out = overlay(np.full((256, 256, 3), 100, np.uint8), mask, "green", style="contour")
+    assert (out[100, 100] == 100).all()  # inside untouched
+    assert (out[50, 100] != 100).any()  # edge coloured
+    with pytest.raises(ValueError, match="style"):
+        overlay(gray(), mask[:64, :64], style="dots")
+
+
+def test_error_map_colours_each_kind():
+    prediction = np.zeros((64, 64), bool)
+    truth = np.zeros((64, 64), bool)
+    prediction[0:10, 0:20] = True
+    truth[0:10, 10:30] = True
+    out = error_map(gray(), prediction, truth, opacity=1.0)
+    assert tuple(out[5, 15]) == ERROR_COLOURS["true positive"]
+    assert tuple(out[5, 5]) == ERROR_COLOURS["false positive"]
+    assert tuple(out[5, 25]) == ERROR_COLOURS["false negative"]
+    assert tuple(out[40, 40]) == (100, 100, 100)
+
+
+def test_heatmap_and_png():
+    probabilities = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    coloured = heatmap(probabilities)
+    assert coloured.shape == (64, 64, 3)
+    assert coloured[0, 0].sum() < coloured[-1, -1].sum()  # dark for 0, bright for 1
+    assert to_png(coloured)[:8] == b"\x89PNG\r\n\x1a\n"
