@@ -12,6 +12,7 @@ navigation = st.navigation([
     st.Page("pages/segment.py", title="Segment", icon=":material/neurology:", url_path="scan", default=True),
     st.Page("pages/compare.py", title="Compare with ground truth", icon=":material/compare:", url_path="ground-truth"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="model-metrics"),
+    st.Page("pages/how_it_works.py", title="How it works", icon=":material/schema:", url_path="inside-the-unet"),
 ])
 webapp.sidebar()
 navigation.run()

@@ -19,6 +19,7 @@ from mriseg.bundle import load_segmenter, read_config
 from mriseg.cache import LRUCache
 from mriseg.case import Case, case_from_bytes, load_sample, sample_index
 from mriseg.errors import InputError
+from mriseg.explain import FeatureMaps, feature_maps
 from mriseg.inference import Probabilities, Segmenter
 from mriseg.io import SUPPORTED_EXTENSIONS
 from mriseg.postprocessing import PostprocessingConfig, binarize
@@ -110,12 +111,60 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     return prediction
 
 
+@st.cache_resource
+def feature_cache() -> LRUCache:
+    """Feature maps are large (all channels of every stage): keep only a few, server-wide."""
+    return LRUCache(8)
+
+
+def feature_maps_for(model: LoadedModel, case: Case, index: int) -> FeatureMaps:
+    """Feature maps of one slice of the case, cached beside its prediction."""
+    key = (case.digest, model.version, str(model.segmenter.device), index)
+    cache = feature_cache()
+    maps = cache.get(key)
+    if maps is None:
+        maps = feature_maps(model.segmenter, case.volume.pixels[index])
+        cache.put(key, maps)
+    return maps
+
+
 def current_mask(model: LoadedModel, prediction: Prediction, threshold: float) -> np.ndarray:
     return binarize(prediction.probabilities.mean, model.postprocessing, threshold)
 
 
+@dataclass(frozen=True)
+class View:
+    """What every page needs to know: the model and the shared settings."""
+
+    model: LoadedModel
+    threshold: float
+    tta: bool
+    presenter: bool
+
+
+PRESENTER_CSS = """<style>
+section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] {display: none;}
+.stMainBlockContainer {max-width: 100%; padding-top: 1rem;}
+.stMainBlockContainer p, .stMainBlockContainer label, .stMainBlockContainer span {font-size: 1.3rem;}
+[data-testid="stMetricValue"] {font-size: 3rem;}
+h1 {font-size: 3.2rem !important;}
+</style>"""
+
+
+def _set_presenter(on: bool) -> None:
+    st.session_state["presenter"] = on
+
+
+def _copy_threshold(source_key: str) -> None:
+    st.session_state["threshold"] = st.session_state[source_key]
+
+
 def sidebar() -> None:
-    """Model source and version, device (with an override when CUDA exists), the shared threshold."""
+    """Model source and version, device (with an override when CUDA exists), the shared settings.
+
+    In presenter mode the sidebar is still drawn (so its widgets keep their values) but hidden, and a toolbar
+    with larger controls and a one-click "next sample" sits on top of the page instead.
+    """
     with st.sidebar:
         st.markdown("### :material/neurology: mriseg")
         if torch.cuda.is_available():
@@ -126,15 +175,42 @@ def sidebar() -> None:
         st.slider("Threshold", 0.05, 0.95, step=0.01, key="threshold",
                   help="A pixel is tumour when its probability is at least this. "
                        f"The model's default, tuned on validation patients, is {model.postprocessing.threshold:.2f}.")
+        st.toggle("Uncertainty (mirror test-time augmentation)", key="tta",
+                  help="Also segment the left-right mirrored scan and show where the two answers disagree")
+        st.button("Presenter mode", icon=":material/co_present:", on_click=_set_presenter, args=(True,),
+                  help="Large text and images for a projector, sidebar hidden, one click to the next sample")
         st.caption(f"Running on **{model.segmenter.device_label}**")
         st.caption(f"Model {model.version} · {model.describe_source()}")
         st.caption(DISCLAIMER)
+    if st.session_state.get("presenter"):
+        presenter_toolbar()
 
 
-def context() -> tuple[LoadedModel, float]:
-    """The loaded model and the threshold every page shares."""
+def presenter_toolbar() -> None:
+    st.html(PRESENTER_CSS)
+    columns = st.columns([3, 1, 1])
+    st.session_state["presenter_threshold"] = st.session_state["threshold"]
+    columns[0].slider("Threshold", 0.05, 0.95, step=0.01, key="presenter_threshold",
+                      on_change=_copy_threshold, args=("presenter_threshold",))
+    columns[1].button("Next sample", icon=":material/skip_next:", on_click=open_next_sample, type="primary",
+                      width="stretch")
+    columns[2].button("Exit presenter mode", on_click=_set_presenter, args=(False,), width="stretch")
+
+
+def open_next_sample() -> None:
+    """Open the gallery sample after the current one (the first when none of them is open)."""
+    entries = sample_index()
+    names = [entry["image"] for entry in entries]
+    case = current_case()
+    position = names.index(case.name) + 1 if case is not None and case.name in names else 0
+    set_case(load_sample(entries[position % len(entries)]))
+
+
+def context() -> View:
+    """The loaded model and the settings every page shares."""
     model = load_model(st.session_state.get("device", "auto"))
-    return model, float(st.session_state.get("threshold", model.postprocessing.threshold))
+    return View(model, float(st.session_state.get("threshold", model.postprocessing.threshold)),
+                bool(st.session_state.get("tta", False)), bool(st.session_state.get("presenter", False)))
 
 
 def current_case() -> Case | None:

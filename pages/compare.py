@@ -1,15 +1,18 @@
 """Compare page: prediction against ground truth, with an error map and the overlap metrics."""
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from mriseg import webapp
-from mriseg.case import with_truth
+from mriseg.case import threshold_curve, with_truth
 from mriseg.errors import InputError
-from mriseg.metrics import compare
+from mriseg.metrics import compare, dice
+from mriseg.postprocessing import binarize
 from mriseg.visualize import ERROR_COLOURS, display_image, error_map, overlay
 
-model, threshold = webapp.context()
+view = webapp.context()
+model, threshold = view.model, view.threshold
 st.title("Compare with ground truth")
 case = webapp.require_case()
 
@@ -33,7 +36,7 @@ if case.truth is None:
     st.info(f"{case.name} has no ground truth. Upload its mask above, or open a sample from the gallery.")
     st.stop()
 
-prediction = webapp.predict(model, case)
+prediction = webapp.predict(model, case, tta=view.tta)
 mask = webapp.current_mask(model, prediction, threshold)
 truth = case.truth
 volume = case.volume
@@ -80,3 +83,52 @@ def side_by_side() -> None:
 
 
 side_by_side()
+
+st.header("Threshold lesson")
+st.markdown("Step the threshold down and watch the trade-off: **false positives** (magenta) grow as the model "
+            "accepts less certain pixels, **false negatives** (blue) shrink. Dice is best where the two balance.")
+curve = threshold_curve(prediction.probabilities.mean, truth, model.postprocessing)
+lesson_thresholds = [row["threshold"] for row in curve]
+
+
+def step_lesson(delta: int) -> None:
+    position = lesson_thresholds.index(st.session_state["lesson_threshold"])
+    st.session_state["lesson_threshold"] = lesson_thresholds[(position + delta) % len(lesson_thresholds)]
+
+
+st.session_state.setdefault("lesson_threshold", lesson_thresholds[-1])
+buttons = st.columns([1, 1, 2, 6])
+buttons[0].button("Lower", icon=":material/arrow_back:", on_click=step_lesson, args=(-1,), width="stretch")
+buttons[1].button("Higher", icon=":material/arrow_forward:", on_click=step_lesson, args=(1,), width="stretch")
+playing = buttons[2].toggle("Play (steps down)", key="lesson_play")
+
+
+@st.fragment(run_every=1.2 if playing else None)
+def threshold_lesson() -> None:
+    if playing:
+        step_lesson(-1)
+    lesson = st.session_state["lesson_threshold"]
+    st.select_slider("Lesson threshold", options=lesson_thresholds, key="lesson_threshold")
+    index = st.session_state.get("compare_slice", 1) - 1 if volume.n_slices > 1 else 0
+    lesson_mask = binarize(prediction.probabilities.mean, model.postprocessing, lesson)
+    false_positive = int((lesson_mask & ~truth).sum())
+    false_negative = int((~lesson_mask & truth).sum())
+    left, right = st.columns([2, 3])
+    left.image(error_map(display_image(volume.pixels[index]), lesson_mask[index], truth[index]),
+               caption=f"Error map at threshold {lesson:.2f}", width="stretch")
+    counts = right.columns(3)
+    counts[0].metric("Dice", f"{dice(lesson_mask, truth):.3f}")
+    counts[1].metric("False positives", f"{false_positive:,} px")
+    counts[2].metric("False negatives", f"{false_negative:,} px")
+    figure = go.Figure()
+    figure.add_scatter(x=lesson_thresholds, y=[row["dice"] for row in curve], mode="lines+markers", name="Dice")
+    point = lesson_thresholds.index(lesson)
+    figure.add_scatter(x=[lesson], y=[curve[point]["dice"]], mode="markers", marker=dict(size=16, color="#f0b429"),
+                       name="lesson threshold")
+    figure.add_vline(x=threshold, line_dash="dash", annotation_text="app threshold")
+    figure.update_layout(xaxis_title="threshold", yaxis_title="Dice", yaxis_range=[0, 1.02], height=300,
+                         margin=dict(t=20, b=40))
+    right.plotly_chart(figure, key="lesson_curve")
+
+
+threshold_lesson()

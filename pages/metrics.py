@@ -11,7 +11,8 @@ import streamlit as st
 from mriseg import webapp
 from mriseg.case import threshold_curve
 
-model, threshold = webapp.context()
+view = webapp.context()
+model, threshold = view.model, view.threshold
 st.title("Metrics")
 
 st.header("This case")
@@ -19,7 +20,7 @@ case = webapp.current_case()
 if case is None:
     st.info("Open a sample or upload a scan on the Segment page to see how it responds to the threshold.")
 else:
-    prediction = webapp.predict(model, case)
+    prediction = webapp.predict(model, case, tta=view.tta)
     probabilities = prediction.probabilities.mean
     curve = threshold_curve(probabilities, case.truth, model.postprocessing)
     thresholds = [row["threshold"] for row in curve]

@@ -78,7 +78,7 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
     expect(dice_metric).to_be_visible()
     dice_value = float(dice_metric.locator("[data-testid='stMetricValue']").inner_text())
     assert 0.0 <= dice_value <= 1.0
-    expect(page.get_by_text("false negative")).to_be_visible()
+    expect(page.get_by_text("false negative", exact=True)).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
 
     # A bad file gets a message, not a traceback, and the page keeps working.
@@ -91,6 +91,14 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
     expect(page.get_by_text("Traceback")).to_have_count(0)
     page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["image"]))
     expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
+
+    # How it works: the architecture and the live feature maps of this scan.
+    page.get_by_role("link", name="How it works").click()
+    expect(page.get_by_role("heading", name="How the U-Net sees")).to_be_visible()
+    expect(page.get_by_text("skip connection (from the encoder)")).to_be_visible()
+    expect(page.get_by_text("channel ").first).to_be_visible()
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "how_it_works.png"), full_page=True)
     page.close()
 
 

@@ -34,6 +34,24 @@ def test_tta_returns_mean_and_std(segmenter, slice_samples):
     assert not np.allclose(result.mean, plain.mean)  # the mirrored view does contribute
 
 
+def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
+    import torch
+
+    volume, _ = load_sample(slice_samples[0])
+    result = segmenter.predict(volume.pixels, tta=True)
+    # The two views by hand, on the model grid: their population std is |a - b| / 2.
+    grid = torch.from_numpy(segmenter.preprocessor.volume_to_grid(volume.pixels))[:, None]
+    with torch.inference_mode():
+        plain = torch.sigmoid(segmenter.model(grid.contiguous(memory_format=segmenter.memory_format)))
+        mirrored = torch.sigmoid(segmenter.model(grid.flip(-1).contiguous(memory_format=segmenter.memory_format)))
+    expected = (plain - mirrored.flip(-1)).abs()[:, 0].numpy() / 2
+    _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_grid(volume.pixels), tta=True)
+    np.testing.assert_allclose(std, expected, atol=1e-5)
+    agree = expected < 1e-7
+    assert agree.any() and np.all(std[agree] < 1e-5)
+    assert result.std.shape == volume.pixels.shape
+
+
 def test_progress_is_reported(segmenter):
     calls = []
     segmenter.predict(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32),

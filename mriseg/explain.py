@@ -1,0 +1,152 @@
+"""Looking inside the U-Net: its architecture read from the loaded model, and live feature maps from hooks."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mriseg.inference import Segmenter
+from mriseg.model import UNet
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One block of the U-Net as the class sees it.
+
+    Attributes:
+        name: e.g. "encoder 1", "bottleneck", "decoder 2", "head".
+        kind: "encoder", "bottleneck", "decoder" or "head".
+        in_channels / out_channels: feature maps in and out.
+        side: height (= width) of its output on the model grid.
+        parameters: learnable numbers in the block.
+        receptive_field: side of the input square (grid pixels) that can influence one output pixel.
+    """
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    side: int
+    parameters: int
+    receptive_field: int
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class _ReceptiveField:
+    """Tracks receptive field and pixel spacing ("jump") along the deepest path through the network."""
+
+    def __init__(self) -> None:
+        self.size, self.jump = 1, 1.0
+
+    def conv(self, kernel: int, count: int = 2) -> int:
+        for _ in range(count):
+            self.size += int((kernel - 1) * self.jump)
+        return self.size
+
+    def pool(self) -> None:
+        self.size += int(self.jump)
+        self.jump *= 2
+
+    def upsample(self) -> None:
+        self.jump /= 2  # a 2x2 stride-2 transposed conv maps each input pixel to its own 2x2 block
+
+
+def describe(model: UNet, grid_size: int) -> list[Stage]:
+    """Every stage of ``model`` with channels, output size, parameters and receptive field."""
+    config = model.config
+    field = _ReceptiveField()
+    stages = []
+    in_channels = config.in_channels
+    for level, encoder in enumerate(model.encoders):
+        out_channels = encoder[0].out_channels
+        stages.append(Stage(f"encoder {level + 1}", "encoder", in_channels, out_channels, grid_size // 2**level,
+                            _parameters(encoder), field.conv(3)))
+        field.pool()
+        in_channels = out_channels
+    stages.append(Stage("bottleneck", "bottleneck", in_channels, model.bottleneck[0].out_channels,
+                        grid_size // 2**config.depth, _parameters(model.bottleneck), field.conv(3)))
+    for index, decoder in enumerate(model.decoders):
+        level = config.depth - 1 - index
+        field.upsample()
+        stages.append(Stage(f"decoder {level + 1}", "decoder", decoder.up.in_channels, decoder.conv[0].out_channels,
+                            grid_size // 2**level, _parameters(decoder), field.conv(3)))
+    stages.append(Stage("head", "head", model.head.in_channels, model.head.out_channels, grid_size,
+                        _parameters(model.head), field.size))
+    return stages
+
+
+def architecture_dot(stages: list[Stage]) -> str:
+    """A Graphviz drawing of the U: encoders down the left, decoders up the right, skips across."""
+    lines = ['digraph unet {', 'rankdir=TB; node [shape=box, style="rounded,filled", fontname="Helvetica"];']
+    colours = {"encoder": "#4c78a8", "bottleneck": "#b279a2", "decoder": "#f58518", "head": "#54a24b"}
+    for stage in stages:
+        label = f"{stage.name}\\n{stage.out_channels} ch, {stage.side}x{stage.side}\\n{stage.parameters:,} params"
+        lines.append(f'"{stage.name}" [label="{label}", fillcolor="{colours[stage.kind]}", fontcolor="white"];')
+    path = [stage.name for stage in stages]
+    for upper, lower in zip(path, path[1:], strict=False):
+        lines.append(f'"{upper}" -> "{lower}";')
+    encoders = [s.name for s in stages if s.kind == "encoder"]
+    for name in encoders:
+        lines.append(f'"{name}" -> "decoder {name.split()[-1]}" [style=dashed, label="skip", constraint=false];')
+    for name in encoders:
+        lines.append(f'{{rank=same; "{name}"; "decoder {name.split()[-1]}";}}')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@dataclass
+class FeatureMaps:
+    """Activations of one slice, per stage; decoders also keep the two inputs that meet at the skip.
+
+    Attributes:
+        maps: stage name -> (channels, h, w) float32. Names: "encoder N", "bottleneck", "decoder N",
+            "decoder N: up-sampled" (the path from below) and "decoder N: skip" (the encoder output joined to it).
+    """
+
+    maps: dict[str, np.ndarray]
+
+    def strongest_channels(self, name: str, count: int = 4) -> list[int]:
+        """The channels with the largest mean activation: usually the most telling ones to show."""
+        activation = self.maps[name].reshape(len(self.maps[name]), -1).mean(axis=1)
+        return [int(i) for i in np.argsort(activation)[::-1][:count]]
+
+
+@torch.inference_mode()
+def feature_maps(segmenter: Segmenter, pixels: np.ndarray) -> FeatureMaps:
+    """Run one 2D slice through the model with forward hooks on every stage.
+
+    Args:
+        segmenter: the loaded model and its preprocessing.
+        pixels: (H, W) raw intensities.
+    """
+    # Hooks go on a private copy: the shared model keeps serving other sessions untouched meanwhile.
+    model = copy.deepcopy(segmenter.model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, inputs, output):
+            captured[name] = output.detach().float().cpu()
+        return hook
+
+    for level, encoder in enumerate(model.encoders):
+        encoder.register_forward_hook(keep(f"encoder {level + 1}"))
+    model.bottleneck.register_forward_hook(keep("bottleneck"))
+    depth = model.config.depth
+    for index, decoder in enumerate(model.decoders):
+        level = depth - index
+        decoder.up.register_forward_hook(keep(f"decoder {level}: up-sampled"))
+        decoder.register_forward_hook(keep(f"decoder {level}"))
+    grid = segmenter.preprocessor.slice_to_grid(np.asarray(pixels, dtype=np.float32))
+    batch = torch.from_numpy(grid)[None, None].to(segmenter.device)
+    model(batch.contiguous(memory_format=segmenter.memory_format))
+    maps = {name: tensor[0].numpy() for name, tensor in captured.items()}
+    for level in range(1, depth + 1):
+        maps[f"decoder {level}: skip"] = maps[f"encoder {level}"]
+    return FeatureMaps(maps)

@@ -1,0 +1,88 @@
+"""How it works: the U-Net drawn from the loaded model, live feature maps of the current scan, the loss."""
+
+import numpy as np
+import streamlit as st
+
+from mriseg import webapp
+from mriseg.explain import architecture_dot, describe
+from mriseg.visualize import display_image
+
+view = webapp.context()
+model = view.model
+segmenter = model.segmenter
+grid = segmenter.preprocessor.config.grid_size
+stages = describe(segmenter.model, grid)
+
+st.title("How the U-Net sees")
+st.markdown(
+    f"The model is a **U-Net**: an *encoder* shrinks the {grid}x{grid} input step by step while learning more and "
+    "more abstract features (edges, then textures, then 'bright swollen tissue'), a *bottleneck* sees the whole "
+    "slice at once, and a *decoder* grows the picture back to full size. **Skip connections** hand each "
+    "decoder level the encoder's sharp, high-resolution features, so the outline comes out crisp. Everything "
+    "below is read from the loaded model, not written by hand."
+)
+
+left, right = st.columns([2, 3])
+left.graphviz_chart(architecture_dot(stages))
+right.dataframe(
+    [{"stage": s.name, "channels in → out": f"{s.in_channels} → {s.out_channels}", "size": f"{s.side}x{s.side}",
+      "parameters": s.parameters, "receptive field (px)": s.receptive_field} for s in stages],
+    hide_index=True,
+)
+total = sum(s.parameters for s in stages)
+right.markdown(
+    f"**{total:,} parameters** in all. The *receptive field* is how much of the {grid}x{grid} input one output "
+    f"pixel can see: {stages[0].receptive_field} px after the first block, {max(s.receptive_field for s in stages)} "
+    "px at the end, enough to compare a bright spot with the whole hemisphere around it."
+)
+explanations = {
+    "encoder": "Two 3x3 convolutions (each followed by batch normalisation and ReLU) find patterns; max-pooling "
+               "then halves the size so the next level sees a wider area.",
+    "bottleneck": "The deepest, coarsest level: few pixels, many channels, each summarising a large region.",
+    "decoder": "A transposed convolution doubles the size (the up-sampled path); the encoder's features of the "
+               "same size are joined to it (the skip connection); two 3x3 convolutions merge them.",
+}
+
+st.header("Feature maps of the current scan")
+case = webapp.current_case()
+if case is None:
+    st.info("Open a sample or upload a scan on the Segment page to see its feature maps.")
+else:
+    index = st.session_state.get("slice", 1) - 1 if case.volume.n_slices > 1 else 0
+    maps = webapp.feature_maps_for(model, case, index)
+    names = [s.name for s in stages if s.kind in ("encoder", "bottleneck", "decoder")]
+    stage_name = st.selectbox("Stage", names, index=names.index("decoder 1"), key="feature_stage")
+    kind = stage_name.split()[0]
+    st.caption(explanations[kind] + f" Slice {index + 1} of {case.name}.")
+    strongest = maps.strongest_channels(stage_name, 4)
+    channel_count = len(maps.maps[stage_name])
+    channels = st.multiselect(f"Channels (0-{channel_count - 1}; the 4 most active are preselected)",
+                              list(range(channel_count)), default=strongest, max_selections=8,
+                              key=f"channels-{stage_name}")
+    rows = [(stage_name, "output")]
+    if kind == "decoder":
+        rows = [(f"{stage_name}: up-sampled", "up-sampled path (from below)"),
+                (f"{stage_name}: skip", "skip connection (from the encoder)"), (stage_name, "merged output")]
+    input_image = display_image(case.volume.pixels[index])
+    for name, label in rows:
+        activation = maps.maps[name]
+        st.markdown(f"**{label}**: {activation.shape[0]} channels of {activation.shape[1]}x{activation.shape[2]}")
+        columns = st.columns(max(1, len(channels)) + 1)
+        columns[0].image(input_image, caption="input", width="stretch")
+        for column, channel in zip(columns[1:], channels, strict=False):
+            if channel >= activation.shape[0]:
+                continue
+            picture = activation[channel]
+            low, high = float(picture.min()), float(picture.max())
+            scaled = np.zeros_like(picture) if high == low else (picture - low) / (high - low)
+            column.image((scaled * 255).astype(np.uint8), caption=f"channel {channel}", width="stretch")
+
+st.header("What the model was trained to minimise")
+st.markdown(
+    "Tumour covers about **1 %** of the pixels of a typical slice. A model that answers *no tumour* everywhere "
+    "is therefore 99 % accurate in pixel terms, and cross-entropy alone, averaged over all pixels, is dominated "
+    "by the easy background too. So mriseg trains with **binary cross-entropy + soft Dice**: cross-entropy "
+    "keeps every pixel's probability calibrated, and the Dice term, 1 − 2|P∩T| / (|P| + |T|), scores only the "
+    "overlap with the tumour itself, whatever its size, so missing a small tumour costs as much as missing a "
+    "large one. That is also why the results are reported as Dice per patient rather than pixel accuracy."
+)

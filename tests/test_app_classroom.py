@@ -1,0 +1,119 @@
+"""Classroom features through AppTest: How it works, uncertainty, threshold lesson, presenter mode, volumes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from test_app import expected_mask, metric, open_sample, start
+
+from mriseg.bundle import load_segmenter
+from mriseg.case import load_sample, sample_index
+from mriseg.explain import describe
+from mriseg.metrics import dice
+from mriseg.postprocessing import binarize
+from mriseg.visualize import near_threshold
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    monkeypatch.setenv("MRISEG_HF_REPO", "")
+
+
+@pytest.fixture(scope="module")
+def cpu_segmenter():
+    return load_segmenter(REPO_ROOT / "weights", device="cpu")
+
+
+def image_captions(at) -> list[str]:
+    return [caption for image in at.get("image") for caption in image.captions]
+
+
+def entry_of(category: str) -> dict:
+    return max((e for e in sample_index() if e["category"] == category), key=lambda e: e["tumour_pixels"])
+
+
+def test_how_it_works_draws_the_loaded_model(cpu_segmenter):
+    at = open_sample(start(), entry_of("large")["image"])
+    at.switch_page("pages/how_it_works.py").run()
+    assert not at.exception, at.exception
+    stages = describe(cpu_segmenter.model, cpu_segmenter.preprocessor.config.grid_size)
+    table = at.dataframe[0].value
+    assert list(table["stage"]) == [s.name for s in stages]
+    assert list(table["parameters"]) == [s.parameters for s in stages]
+    assert at.get("graphviz_chart")
+
+    shown = [m.value for m in at.markdown if re.match(r"\*\*.+\*\*: \d+ channels", m.value)]
+    decoder_1 = next(s for s in stages if s.name == "decoder 1")
+    expected = f"{decoder_1.out_channels} channels of {decoder_1.side}x{decoder_1.side}"
+    assert len(shown) == 3 and all(expected in text for text in shown)  # up-sampled, skip, merged
+
+    at.selectbox(key="feature_stage").set_value("encoder 3").run()
+    encoder_3 = next(s for s in stages if s.name == "encoder 3")
+    shown = [m.value for m in at.markdown if re.match(r"\*\*.+\*\*: \d+ channels", m.value)]
+    assert shown == [f"**output**: {encoder_3.out_channels} channels of {encoder_3.side}x{encoder_3.side}"]
+    assert any("cross-entropy" in m.value for m in at.markdown)
+
+
+def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(cpu_segmenter):
+    entry = entry_of("medium")
+    at = open_sample(start(), entry["image"])
+    assert not any("Where the model is unsure" in m.value for m in at.markdown)
+    at.toggle(key="tta").set_value(True).run()
+    assert not at.exception, at.exception
+    assert any("Where the model is unsure" in m.value for m in at.markdown)
+    threshold = at.slider(key="threshold").value
+    probabilities = cpu_segmenter.predict(load_sample(entry).volume.pixels, tta=True).mean
+    flips = int(near_threshold(probabilities[0], threshold).sum())
+    captions = image_captions(at)
+    assert f"{flips:,} pixels within ±0.1 of the threshold" in captions
+    assert "Disagreement between the views (standard deviation x 2)" in captions
+
+
+def test_threshold_lesson_steps_and_counts(cpu_segmenter):
+    entry = entry_of("large")
+    at = open_sample(start(), entry["image"])
+    at.switch_page("pages/compare.py").run()
+    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.95)
+    at.button[next(i for i, b in enumerate(at.button) if b.label == "Lower")].click().run()
+    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.90)
+    case = load_sample(entry)
+    probabilities = cpu_segmenter.predict(case.volume.pixels).mean
+    lesson = binarize(probabilities, cpu_segmenter.postprocessing, 0.90)
+    assert metric(at, "False positives") == f"{int((lesson & ~case.truth).sum()):,} px"
+    assert metric(at, "False negatives") == f"{int((~lesson & case.truth).sum()):,} px"
+    dices = [m.value for m in at.metric if m.label == "Dice"]
+    assert f"{dice(lesson, case.truth):.3f}" in dices
+
+
+def test_presenter_mode_next_sample_and_exit():
+    entries = sample_index()
+    at = open_sample(start(), entries[0]["image"])
+    at.button[next(i for i, b in enumerate(at.button) if b.label == "Presenter mode")].click().run()
+    assert not at.exception, at.exception
+    assert at.slider(key="presenter_threshold").value == at.slider(key="threshold").value
+    at.button[next(i for i, b in enumerate(at.button) if b.label == "Next sample")].click().run()
+    assert at.subheader[0].value == entries[1]["image"]
+    at.slider(key="presenter_threshold").set_value(0.7).run()
+    assert at.slider(key="threshold").value == pytest.approx(0.7)  # one threshold for every page and mode
+    assert "Tumour at threshold 0.70" in image_captions(at)
+    at.button[next(i for i, b in enumerate(at.button) if b.label == "Exit presenter mode")].click().run()
+    assert not [s for s in at.slider if s.key == "presenter_threshold"]
+
+
+def test_volume_reformats_and_slice_chart(cpu_segmenter):
+    entry = entry_of("volume")
+    at = open_sample(start(), entry["image"])
+    case = load_sample(entry)
+    mask = expected_mask(cpu_segmenter, case.volume.pixels, at.slider(key="threshold").value)
+    index = at.slider(key="slice").value - 1
+    rows, columns = np.nonzero(mask[index])
+    assert at.slider(key="coronal_row").value == int(np.median(rows)) + 1
+    assert at.slider(key="sagittal_column").value == int(np.median(columns)) + 1
+    captions = image_captions(at)
+    assert "Coronal reformat, top of the head up" in captions and "Sagittal reformat, top of the head up" in captions
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert chart["data"][0]["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()

@@ -1,0 +1,51 @@
+"""Architecture description and feature maps, checked against the model's own layers."""
+
+import numpy as np
+import pytest
+
+from mriseg.explain import architecture_dot, describe, feature_maps
+from mriseg.model import UNetConfig, create_model
+
+
+@pytest.mark.parametrize("config", [UNetConfig(), UNetConfig(base_width=8, depth=3)])
+def test_describe_matches_the_model(config):
+    model = create_model(config)
+    stages = describe(model, 128)
+    assert sum(s.parameters for s in stages) == sum(p.numel() for p in model.parameters())
+    assert [s.name for s in stages][: config.depth] == [f"encoder {i + 1}" for i in range(config.depth)]
+    assert stages[config.depth].out_channels == config.base_width * 2**config.depth
+    assert stages[-1].out_channels == 1 and stages[-1].side == 128
+    fields = [s.receptive_field for s in stages]
+    assert fields == sorted(fields)  # the field only grows along the path
+
+
+def test_receptive_field_by_hand():
+    # depth 1: conv3, conv3 (5) -> pool (6, jump 2) -> bottleneck conv3 x2 (+4+4 = 14) -> up (jump 1)
+    # -> decoder conv3 x2 (+2+2 = 18)
+    stages = describe(create_model(UNetConfig(base_width=4, depth=1)), 64)
+    assert [s.receptive_field for s in stages] == [5, 14, 18, 18]
+
+
+def test_dot_has_every_stage_and_the_skips():
+    dot = architecture_dot(describe(create_model(UNetConfig(base_width=4, depth=2)), 64))
+    assert dot.count('style=dashed, label="skip"') == 2 and '"bottleneck"' in dot
+
+
+def test_feature_maps_have_the_layer_shapes(segmenter):
+    maps = feature_maps(segmenter, np.random.default_rng(0).random((256, 256)).astype(np.float32))
+    grid = segmenter.preprocessor.config.grid_size
+    for stage in describe(segmenter.model, grid):
+        if stage.kind == "head":
+            continue
+        assert maps.maps[stage.name].shape == (stage.out_channels, stage.side, stage.side)
+        if stage.kind == "decoder":
+            up, skip = maps.maps[f"{stage.name}: up-sampled"], maps.maps[f"{stage.name}: skip"]
+            assert up.shape == skip.shape == (stage.out_channels, stage.side, stage.side)
+    strongest = maps.strongest_channels("encoder 1", 3)
+    means = maps.maps["encoder 1"].mean(axis=(1, 2))
+    assert means[strongest[0]] == means.max() and len(strongest) == 3
+
+
+def test_feature_maps_leave_the_shared_model_without_hooks(segmenter):
+    feature_maps(segmenter, np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    assert all(not module._forward_hooks for module in segmenter.model.modules())
