@@ -7,14 +7,16 @@ up-sample with ConvTranspose2d, concatenate the matching encoder output (the ski
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mriseg.config import DictConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(DictConfig):
     """Architecture of a :class:`UNet`.
 
     Args:
@@ -28,14 +30,6 @@ class UNetConfig:
     out_channels: int = 1
     base_width: int = 16
     depth: int = 4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> UNetConfig:
-        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
-        return cls(**known)
 
 
 class DoubleConv(nn.Sequential):

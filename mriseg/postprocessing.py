@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from mriseg.config import DictConfig
+
 
 @dataclass(frozen=True)
-class PostprocessingConfig:
+class PostprocessingConfig(DictConfig):
     """Args:
         threshold: probability at or above which a pixel is tumour.
         min_component_fraction: 2D connected components smaller than this fraction of the slice area are
@@ -18,14 +20,6 @@ class PostprocessingConfig:
 
     threshold: float = 0.5
     min_component_fraction: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> PostprocessingConfig:
-        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
-        return cls(**known)
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:

@@ -8,14 +8,16 @@ padded to a square and resized to the model grid. Probabilities are mapped back 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from mriseg.config import DictConfig
+
 
 @dataclass(frozen=True)
-class PreprocessingConfig:
+class PreprocessingConfig(DictConfig):
     """How a slice is turned into model input.
 
     Args:
@@ -31,14 +33,6 @@ class PreprocessingConfig:
     clip_low: float = 0.5
     clip_high: float = 99.5
     head_fraction: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> PreprocessingConfig:
-        known = {key: values[key] for key in cls.__dataclass_fields__ if key in values}
-        return cls(**known)
 
 
 def head_mask(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray:

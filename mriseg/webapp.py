@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 import torch
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from mriseg.bundle import load_segmenter, read_config
 from mriseg.cache import LRUCache
@@ -222,6 +224,11 @@ def set_case(case: Case | None) -> None:
     st.session_state.pop("slice", None)
 
 
+def set_truth(case: Case) -> None:
+    """Replace the current case by the same scan with ground truth attached (keeps the slice position)."""
+    st.session_state["case"] = case
+
+
 def require_case() -> Case:
     """The current case, or a pointer to the Segment page and a stop."""
     case = current_case()
@@ -267,24 +274,43 @@ def gallery(columns: int = 5) -> None:
                "Dataset, TCGA-LGG; masks by the data set's radiologists.")
 
 
+def process_upload(uploaded, key: str, action: Callable[[UploadedFile], None],
+                   on_error: Callable[[], None] | None = None) -> None:
+    """Run ``action`` once per newly chosen file; while a rejected file stays chosen, its message stays shown.
+
+    Args:
+        uploaded: the file uploader's value.
+        key: names the session-state entries that remember the file and its error.
+        action: what to do with a new file; raises InputError for a bad one.
+        on_error: called after a bad file (e.g. to drop a stale result).
+    """
+    if uploaded is None:
+        return
+    if uploaded.file_id != st.session_state.get(f"{key}_id"):
+        st.session_state[f"{key}_id"] = uploaded.file_id
+        st.session_state[f"{key}_error"] = None
+        try:
+            action(uploaded)
+        except InputError as error:
+            st.session_state[f"{key}_error"] = str(error)
+            if on_error is not None:
+                on_error()
+    if st.session_state.get(f"{key}_error"):
+        st.error(st.session_state[f"{key}_error"], icon=":material/block:")
+
+
+def _open_upload(uploaded: UploadedFile) -> None:
+    limit_mb = st.get_option("server.maxUploadSize")
+    if uploaded.size > limit_mb * 1024 * 1024:
+        raise InputError(f"{uploaded.name}: {uploaded.size / 2**20:.0f} MB is over the upload limit of {limit_mb} MB")
+    set_case(case_from_bytes(uploaded.getvalue(), uploaded.name))
+
+
 def upload_box() -> None:
     """File upload; a bad file shows its problem and leaves the page usable for the next one."""
-    limit_mb = st.get_option("server.maxUploadSize")
     uploaded = st.file_uploader(
         "MRI file", type=UPLOAD_TYPES, key="upload",
         help="PNG, JPEG, BMP, TIFF (multi-page = a stack), DICOM (.dcm, or a .zip of one series), NIfTI (.nii, "
              ".nii.gz). A 3-channel TIFF in the Kaggle LGG layout gives its FLAIR channel.",
     )
-    if uploaded is not None and uploaded.file_id != st.session_state.get("upload_id"):
-        st.session_state["upload_id"] = uploaded.file_id
-        st.session_state["upload_error"] = None
-        try:
-            if uploaded.size > limit_mb * 1024 * 1024:
-                raise InputError(f"{uploaded.name}: {uploaded.size / 2**20:.0f} MB is over the upload limit of "
-                                 f"{limit_mb} MB")
-            set_case(case_from_bytes(uploaded.getvalue(), uploaded.name))
-        except InputError as error:
-            st.session_state["upload_error"] = str(error)
-            set_case(None)
-    if uploaded is not None and st.session_state.get("upload_error"):
-        st.error(st.session_state["upload_error"], icon=":material/block:")
+    process_upload(uploaded, "upload", _open_upload, on_error=lambda: set_case(None))

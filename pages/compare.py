@@ -6,7 +6,6 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.case import threshold_curve, with_truth
-from mriseg.errors import InputError
 from mriseg.metrics import compare, dice
 from mriseg.postprocessing import binarize
 from mriseg.visualize import ERROR_COLOURS, display_image, error_map, overlay
@@ -21,16 +20,9 @@ uploaded = st.file_uploader(
     help="A binary mask (PNG/TIFF/NIfTI...) with the same shape as the scan: 0 for background, any one "
          "value for tumour.",
 )
-if uploaded is not None and uploaded.file_id != st.session_state.get("truth_upload_id"):
-    st.session_state["truth_upload_id"] = uploaded.file_id
-    st.session_state["truth_error"] = None
-    try:
-        case = with_truth(case, uploaded.getvalue(), uploaded.name)
-        st.session_state["case"] = case
-    except InputError as error:
-        st.session_state["truth_error"] = str(error)
-if uploaded is not None and st.session_state.get("truth_error"):
-    st.error(st.session_state["truth_error"], icon=":material/block:")
+webapp.process_upload(uploaded, "truth_upload",
+                      lambda file: webapp.set_truth(with_truth(case, file.getvalue(), file.name)))
+case = webapp.require_case()
 
 if case.truth is None:
     st.info(f"{case.name} has no ground truth. Upload its mask above, or open a sample from the gallery.")

@@ -27,6 +27,12 @@ def slice_samples(sample_index) -> list[dict]:
     return [entry for entry in sample_index if entry["category"] != "volume"]
 
 
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Tests use the bundled weights unless they configure a Hub repo themselves."""
+    monkeypatch.setenv("MRISEG_HF_REPO", "")
+
+
 @pytest.fixture(scope="session")
 def segmenter():
     """The shipped model on the CPU (tests must pass on machines without a GPU)."""

@@ -15,22 +15,12 @@ from conftest import REPO_ROOT, SAMPLES
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
-from mriseg.bundle import load_segmenter, read_config
+from mriseg.bundle import read_config
 from mriseg.case import load_sample
 from mriseg.metrics import compare
 from mriseg.postprocessing import binarize
 
 TIMEOUT = 120
-
-
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    monkeypatch.setenv("MRISEG_HF_REPO", "")
-
-
-@pytest.fixture(scope="module")
-def cpu_segmenter():
-    return load_segmenter(REPO_ROOT / "weights", device="cpu")
 
 
 def start() -> AppTest:
@@ -76,25 +66,25 @@ def test_home_shows_gallery_and_sidebar():
                                                              ["threshold"])
 
 
-def test_sample_area_follows_threshold(cpu_segmenter, sample_index):
+def test_sample_area_follows_threshold(segmenter, sample_index):
     entry = largest_sample(sample_index)
     at = open_sample(start(), entry["image"])
     case = load_sample(entry)
     for threshold in (at.slider(key="threshold").value, 0.8):
         at.slider(key="threshold").set_value(threshold).run()
-        expected = int(expected_mask(cpu_segmenter, case.volume.pixels, threshold).sum())
+        expected = int(expected_mask(segmenter, case.volume.pixels, threshold).sum())
         assert metric(at, "Tumour area, this slice") == f"{expected:,} px"
     assert len(at.get("download_button")) == 3
 
 
-def test_upload_png_then_bad_file_then_good_file(cpu_segmenter, slice_samples):
+def test_upload_png_then_bad_file_then_good_file(segmenter, slice_samples):
     entry = slice_samples[2]
     data = (SAMPLES / entry["image"]).read_bytes()
     at = start()
     at.radio(key="source").set_value("Upload a file").run()
     upload(at, "upload", entry["image"], data)
     threshold = at.slider(key="threshold").value
-    expected = int(expected_mask(cpu_segmenter, load_sample(entry).volume.pixels, threshold).sum())
+    expected = int(expected_mask(segmenter, load_sample(entry).volume.pixels, threshold).sum())
     assert metric(at, "Tumour area, this slice") == f"{expected:,} px"
 
     upload(at, "upload", "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
@@ -134,25 +124,25 @@ def test_file_over_the_upload_cap_is_refused():
         streamlit_config.set_option("server.maxUploadSize", 200)
 
 
-def test_volume_sample_starts_on_largest_predicted_slice(cpu_segmenter, sample_index):
+def test_volume_sample_starts_on_largest_predicted_slice(segmenter, sample_index):
     entry = next(e for e in sample_index if e["category"] == "volume")
     at = open_sample(start(), entry["image"])
     case = load_sample(entry)
-    mask = expected_mask(cpu_segmenter, case.volume.pixels, at.slider(key="threshold").value)
+    mask = expected_mask(segmenter, case.volume.pixels, at.slider(key="threshold").value)
     largest = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
     assert at.slider(key="slice").value == largest + 1
     assert metric(at, "Tumour, all slices") == f"{int(mask.sum()):,} px"
     assert metric(at, "Tumour volume") == "unknown spacing"
 
 
-def test_compare_page_shows_mriseg_dice(cpu_segmenter, sample_index):
+def test_compare_page_shows_mriseg_dice(segmenter, sample_index):
     entry = largest_sample(sample_index)
     at = open_sample(start(), entry["image"])
     at.slider(key="threshold").set_value(0.6).run()
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     case = load_sample(entry)
-    report = compare(expected_mask(cpu_segmenter, case.volume.pixels, 0.6), case.truth)
+    report = compare(expected_mask(segmenter, case.volume.pixels, 0.6), case.truth)
     assert metric(at, "Dice") == f"{report.dice:.3f}"
     assert metric(at, "IoU") == f"{report.iou:.3f}"
     assert at.slider(key="threshold").value == 0.6  # shared across pages

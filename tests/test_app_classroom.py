@@ -7,25 +7,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 from test_app import expected_mask, metric, open_sample, start
 
-from mriseg.bundle import load_segmenter
 from mriseg.case import load_sample, sample_index
 from mriseg.explain import describe
 from mriseg.metrics import dice
 from mriseg.postprocessing import binarize
 from mriseg.visualize import near_threshold
-
-
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    monkeypatch.setenv("MRISEG_HF_REPO", "")
-
-
-@pytest.fixture(scope="module")
-def cpu_segmenter():
-    return load_segmenter(REPO_ROOT / "weights", device="cpu")
 
 
 def image_captions(at) -> list[str]:
@@ -36,11 +24,11 @@ def entry_of(category: str) -> dict:
     return max((e for e in sample_index() if e["category"] == category), key=lambda e: e["tumour_pixels"])
 
 
-def test_how_it_works_draws_the_loaded_model(cpu_segmenter):
+def test_how_it_works_draws_the_loaded_model(segmenter):
     at = open_sample(start(), entry_of("large")["image"])
     at.switch_page("pages/how_it_works.py").run()
     assert not at.exception, at.exception
-    stages = describe(cpu_segmenter.model, cpu_segmenter.preprocessor.config.grid_size)
+    stages = describe(segmenter.model, segmenter.preprocessor.config.grid_size)
     table = at.dataframe[0].value
     assert list(table["stage"]) == [s.name for s in stages]
     assert list(table["parameters"]) == [s.parameters for s in stages]
@@ -58,7 +46,7 @@ def test_how_it_works_draws_the_loaded_model(cpu_segmenter):
     assert any("cross-entropy" in m.value for m in at.markdown)
 
 
-def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(cpu_segmenter):
+def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segmenter):
     entry = entry_of("medium")
     at = open_sample(start(), entry["image"])
     assert not any("Where the model is unsure" in m.value for m in at.markdown)
@@ -66,14 +54,14 @@ def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(cpu_seg
     assert not at.exception, at.exception
     assert any("Where the model is unsure" in m.value for m in at.markdown)
     threshold = at.slider(key="threshold").value
-    probabilities = cpu_segmenter.predict(load_sample(entry).volume.pixels, tta=True).mean
+    probabilities = segmenter.predict(load_sample(entry).volume.pixels, tta=True).mean
     flips = int(near_threshold(probabilities[0], threshold).sum())
     captions = image_captions(at)
     assert f"{flips:,} pixels within ±0.1 of the threshold" in captions
     assert "Disagreement between the views (standard deviation x 2)" in captions
 
 
-def test_threshold_lesson_steps_and_counts(cpu_segmenter):
+def test_threshold_lesson_steps_and_counts(segmenter):
     entry = entry_of("large")
     at = open_sample(start(), entry["image"])
     at.switch_page("pages/compare.py").run()
@@ -81,8 +69,8 @@ def test_threshold_lesson_steps_and_counts(cpu_segmenter):
     at.button[next(i for i, b in enumerate(at.button) if b.label == "Lower")].click().run()
     assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.90)
     case = load_sample(entry)
-    probabilities = cpu_segmenter.predict(case.volume.pixels).mean
-    lesson = binarize(probabilities, cpu_segmenter.postprocessing, 0.90)
+    probabilities = segmenter.predict(case.volume.pixels).mean
+    lesson = binarize(probabilities, segmenter.postprocessing, 0.90)
     assert metric(at, "False positives") == f"{int((lesson & ~case.truth).sum()):,} px"
     assert metric(at, "False negatives") == f"{int((~lesson & case.truth).sum()):,} px"
     dices = [m.value for m in at.metric if m.label == "Dice"]
@@ -104,11 +92,11 @@ def test_presenter_mode_next_sample_and_exit():
     assert not [s for s in at.slider if s.key == "presenter_threshold"]
 
 
-def test_volume_reformats_and_slice_chart(cpu_segmenter):
+def test_volume_reformats_and_slice_chart(segmenter):
     entry = entry_of("volume")
     at = open_sample(start(), entry["image"])
     case = load_sample(entry)
-    mask = expected_mask(cpu_segmenter, case.volume.pixels, at.slider(key="threshold").value)
+    mask = expected_mask(segmenter, case.volume.pixels, at.slider(key="threshold").value)
     index = at.slider(key="slice").value - 1
     rows, columns = np.nonzero(mask[index])
     assert at.slider(key="coronal_row").value == int(np.median(rows)) + 1
