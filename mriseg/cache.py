@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 
 class LRUCache:
-    """Keeps the ``max_entries`` most recently used values.
+    """Keeps the most recently used values, within a count and (optionally) a byte budget.
+
+    Args:
+        max_entries: most values kept.
+        max_bytes: most bytes kept, as measured by ``size_of``; None for no byte limit. The newest value is
+            always kept, even when it alone is over the budget.
+        size_of: bytes of one value.
 
     Example:
         >>> cache = LRUCache(max_entries=2)
@@ -18,9 +24,13 @@ class LRUCache:
         (True, 3)
     """
 
-    def __init__(self, max_entries: int = 16) -> None:
+    def __init__(self, max_entries: int = 16, max_bytes: int | None = None,
+                 size_of: Callable[[Any], int] = lambda value: 0) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.size_of = size_of
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any | None:
@@ -28,14 +38,25 @@ class LRUCache:
             if key not in self._items:
                 return None
             self._items.move_to_end(key)
-            return self._items[key]
+            return self._items[key][0]
 
     def put(self, key: Hashable, value: Any) -> None:
+        size = self.size_of(value)
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_entries
+                or (self.max_bytes is not None and self._bytes > self.max_bytes)
+            ):
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:

@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
         preprocessing=PreprocessingConfig(grid_size=args.grid),
     )
     state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
-                  max_patients=args.max_patients)
+                  max_patients=args.max_patients, init_from=args.init)
     print(f"done: {state['epoch']} epochs, best validation per-volume Dice {state['best_dice']:.4f} "
           f"(epoch {state['best_epoch']}); weights folder: {Path(args.out) / 'best'}")
     return 0
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--init", default=None,
+                       help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")
     train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
     train.set_defaults(handler=_train)
 

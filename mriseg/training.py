@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from mriseg.bundle import save_bundle
+from mriseg.bundle import load_model, save_bundle
 from mriseg.data import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, resolve_device
 from mriseg.metrics import dice
@@ -194,7 +194,8 @@ def _append_log(path: Path, row: dict) -> None:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, config: TrainConfig = TrainConfig(),
-          device: str | None = "auto", resume: bool = False, max_patients: int | None = None) -> dict:
+          device: str | None = "auto", resume: bool = False, max_patients: int | None = None,
+          init_from: str | Path | None = None) -> dict:
     """Train a U-Net, checkpointing every epoch; returns the final state (epochs done, best Dice ...).
 
     Args:
@@ -205,6 +206,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         device: "auto" picks CUDA when present (with bf16 autocast), else CPU.
         resume: continue from the checkpoint in ``out_dir``.
         max_patients: use only the first N patients of each side (for quick tests).
+        init_from: a weights folder whose weights start the run (a warm restart from shipped weights, with a
+            fresh optimiser and schedule); its architecture and preprocessing must match ``config``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +236,13 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     total_steps = steps_per_epoch * config.epochs
 
     model = create_model(config.architecture)
+    if init_from is not None:
+        initial, initial_config = load_model(init_from)
+        if initial_config["architecture"] != config.architecture.to_dict():
+            raise ValueError(f"{init_from} has another architecture: {initial_config['architecture']}")
+        if initial_config["preprocessing"] != config.preprocessing.to_dict():
+            raise ValueError(f"{init_from} was trained with other preprocessing: {initial_config['preprocessing']}")
+        model.load_state_dict(initial.state_dict())
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -242,7 +252,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         state = _load_checkpoint(checkpoint_dir, model, optimizer)
         tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
 
-    recipe = {"training": config.to_dict(), "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
+    recipe = {"training": dict(config.to_dict(), init_from=None if init_from is None else str(init_from)),
+              "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
               "device_trained_on": device.type}
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.time()

@@ -29,6 +29,7 @@ from mriseg.weights import WeightsSource, resolve_weights
 
 DISCLAIMER = "For teaching and research only: not a medical device, never for diagnosis."
 PREDICTION_CACHE_ENTRIES = 24
+PREDICTION_CACHE_BYTES = 1 << 30  # probabilities of ~16 full 256-slice 256x256 volumes
 UPLOAD_TYPES = sorted({extension.lstrip(".").split(".")[-1] for extension in SUPPORTED_EXTENSIONS} | {"nii.gz"})
 
 
@@ -89,7 +90,12 @@ def load_model(device: str) -> LoadedModel:
 @st.cache_resource
 def prediction_cache() -> LRUCache:
     """One bounded cache for the whole server, so memory stays flat as sessions come and go."""
-    return LRUCache(PREDICTION_CACHE_ENTRIES)
+    return LRUCache(PREDICTION_CACHE_ENTRIES, PREDICTION_CACHE_BYTES, size_of=_prediction_bytes)
+
+
+def _prediction_bytes(prediction: Prediction) -> int:
+    std = prediction.probabilities.std
+    return prediction.probabilities.mean.nbytes + (0 if std is None else std.nbytes)
 
 
 def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
@@ -116,7 +122,7 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
 @st.cache_resource
 def feature_cache() -> LRUCache:
     """Feature maps are large (all channels of every stage): keep only a few, server-wide."""
-    return LRUCache(8)
+    return LRUCache(8, 256 << 20, size_of=lambda maps: sum(a.nbytes for a in maps.maps.values()))
 
 
 def feature_maps_for(model: LoadedModel, case: Case, index: int) -> FeatureMaps:

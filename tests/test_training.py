@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import SAMPLES
 
@@ -92,3 +93,21 @@ def test_train_checkpoints_resumes_and_ships_best(kaggle_folder, tmp_path, slice
     assert best["preprocessing"]["grid_size"] == 64
     segmenter = load_segmenter(run / "best", device="cpu")
     assert segmenter.predict(np.ones((1, 80, 80), np.float32) * np.arange(80)).mean.shape == (1, 80, 80)
+
+
+def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    config = TrainConfig(epochs=1, batch_size=2, steps_per_epoch=2, warmup_steps=1,
+                         architecture=UNetConfig(base_width=4, depth=2),
+                         preprocessing=PreprocessingConfig(grid_size=64))
+    first = tmp_path / "first" / "best"
+    train(kaggle_folder, tmp_path / "first", split, config, device="cpu")
+    state = train(kaggle_folder, tmp_path / "second", split, config, device="cpu", init_from=first)
+    assert state["epoch"] == 1
+    saved = json.loads((tmp_path / "second" / "best" / "config.json").read_text())
+    assert saved["training"]["init_from"].endswith("best")
+    wider = TrainConfig(**{**config.__dict__, "architecture": UNetConfig(base_width=8, depth=2)})
+    with pytest.raises(ValueError, match="another architecture"):
+        train(kaggle_folder, tmp_path / "third", split, wider, device="cpu", init_from=first)
