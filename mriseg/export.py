@@ -83,8 +83,9 @@ It powers the **mriseg** teaching app.
   {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to the
   original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
   (8-bit PNG, 16-bit DICOM, float NIfTI) gives the same input.
-- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**, connected components smaller
-  than {post['min_component_fraction']:.2%} of the slice removed (both tuned on the validation patients).
+- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**; 2D connected components
+  smaller than {post['min_component_fraction']:.2%} of the slice removed and, in volumes, 3D components smaller
+  than {post['min_volume_fraction']:.0%} of the largest one removed (all three tuned on the validation patients).
 
 ## Training
 - Data: LGG Segmentation Dataset (Kaggle `mateuszbuda/lgg-mri-segmentation`, TCGA-LGG via The Cancer Imaging

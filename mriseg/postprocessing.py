@@ -1,4 +1,9 @@
-"""From probabilities to a mask: threshold, then drop connected components too small to be tumour."""
+"""From probabilities to a mask: threshold, then drop connected components too small to be tumour.
+
+Two filters, both tuned on validation patients: 2D specks smaller than a fraction of the slice, and, in
+volumes, 3D components much smaller than the largest one (a lower-grade glioma is usually one mass; the
+stray blobs it leaves on tumour-free slices near the skull base are the commonest false positives).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,13 @@ class PostprocessingConfig(DictConfig):
         threshold: probability at or above which a pixel is tumour.
         min_component_fraction: 2D connected components smaller than this fraction of the slice area are
             removed (specks that are almost always false positives); 0 keeps everything.
+        min_volume_fraction: in a volume (several slices), 3D connected components smaller than this fraction
+            of the largest one are removed; 0 keeps everything.
     """
 
     threshold: float = 0.5
     min_component_fraction: float = 0.0
+    min_volume_fraction: float = 0.0
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -38,10 +46,26 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     return cleaned
 
 
+def keep_main_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Drop 3D (26-connected) components smaller than ``min_fraction`` of the largest in a (slices, H, W) mask."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if min_fraction <= 0 or mask.ndim != 3 or len(mask) < 2 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.isin(labels, keep)
+
+
 def binarize(probabilities: np.ndarray, config: PostprocessingConfig = PostprocessingConfig(),
              threshold: float | None = None) -> np.ndarray:
     """Threshold probabilities (``threshold`` overrides the configured one) and remove small components."""
     threshold = config.threshold if threshold is None else threshold
     mask = np.asarray(probabilities) >= threshold
     slice_area = mask.shape[-1] * mask.shape[-2]
-    return remove_small_components(mask, int(round(config.min_component_fraction * slice_area)))
+    mask = remove_small_components(mask, int(round(config.min_component_fraction * slice_area)))
+    return keep_main_components(mask, config.min_volume_fraction)
