@@ -14,7 +14,6 @@ import torch  # noqa: F401  (warm import, see module docstring)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
 WEIGHTS = REPO_ROOT / "weights"
-DATA = REPO_ROOT.parent / "shared" / "data" / "lgg-flair"
 
 
 @pytest.fixture(scope="session")
