@@ -163,8 +163,8 @@ def _set_presenter(on: bool) -> None:
     st.session_state["presenter"] = on
 
 
-def _copy_threshold(source_key: str) -> None:
-    st.session_state["threshold"] = st.session_state[source_key]
+def _copy_presenter_threshold() -> None:
+    st.session_state["threshold"] = st.session_state["presenter_threshold"]
 
 
 def sidebar() -> None:
@@ -199,7 +199,7 @@ def presenter_toolbar() -> None:
     columns = st.columns([3, 1, 1])
     st.session_state["presenter_threshold"] = st.session_state["threshold"]
     columns[0].slider("Threshold", 0.05, 0.95, step=0.01, key="presenter_threshold",
-                      on_change=_copy_threshold, args=("presenter_threshold",))
+                      on_change=_copy_presenter_threshold)
     columns[1].button("Next sample", icon=":material/skip_next:", on_click=open_next_sample, type="primary",
                       width="stretch")
     columns[2].button("Exit presenter mode", on_click=_set_presenter, args=(False,), width="stretch")

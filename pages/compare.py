@@ -6,7 +6,7 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.case import threshold_curve, with_truth
-from mriseg.metrics import compare, dice
+from mriseg.metrics import compare
 from mriseg.postprocessing import binarize
 from mriseg.visualize import ERROR_COLOURS, display_image, error_map, overlay
 
@@ -22,7 +22,7 @@ uploaded = st.file_uploader(
 )
 webapp.process_upload(uploaded, "truth_upload",
                       lambda file: webapp.set_truth(with_truth(case, file.getvalue(), file.name)))
-case = webapp.require_case()
+case = webapp.current_case()  # with the uploaded ground truth, when one was accepted just now
 
 if case.truth is None:
     st.info(f"{case.name} has no ground truth. Upload its mask above, or open a sample from the gallery.")
@@ -109,12 +109,12 @@ def threshold_lesson() -> None:
     left.image(error_map(display_image(volume.pixels[index]), lesson_mask[index], truth[index]),
                caption=f"Error map at threshold {lesson:.2f}", width="stretch")
     counts = right.columns(3)
-    counts[0].metric("Dice", f"{dice(lesson_mask, truth):.3f}")
+    point = lesson_thresholds.index(lesson)
+    counts[0].metric("Dice", f"{curve[point]['dice']:.3f}")
     counts[1].metric("False positives", f"{false_positive:,} px")
     counts[2].metric("False negatives", f"{false_negative:,} px")
     figure = go.Figure()
     figure.add_scatter(x=lesson_thresholds, y=[row["dice"] for row in curve], mode="lines+markers", name="Dice")
-    point = lesson_thresholds.index(lesson)
     figure.add_scatter(x=[lesson], y=[curve[point]["dice"]], mode="markers", marker=dict(size=16, color="#f0b429"),
                        name="lesson threshold")
     figure.add_vline(x=threshold, line_dash="dash", annotation_text="app threshold")

@@ -29,6 +29,9 @@ if case is None:
     st.info("Open a sample or upload a FLAIR scan to begin.")
     st.stop()
 prediction = webapp.predict(model, case, tta=view.tta)
+# The mask depends on the threshold only (a full rerun); the fragment below reuses it for display controls.
+mask = webapp.current_mask(model, prediction, threshold)
+size = tumour_size(mask, case.volume)
 
 
 def jump_to_clicked_slice() -> None:
@@ -42,8 +45,6 @@ def result_view() -> None:
     """Slice and overlay controls rerun only this part, from the cached probabilities."""
     volume = case.volume
     probabilities = prediction.probabilities
-    mask = webapp.current_mask(model, prediction, threshold)
-    size = tumour_size(mask, volume)
     st.subheader(case.name)
     if volume.n_slices > 1:
         st.session_state.setdefault("slice", (size["largest_slice"] or volume.n_slices // 2) + 1)
