@@ -96,7 +96,7 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
     page.get_by_role("link", name="How it works").click()
     expect(page.get_by_role("heading", name="How the U-Net sees")).to_be_visible()
     expect(page.get_by_text("skip connection (from the encoder)")).to_be_visible()
-    expect(page.get_by_text("channel ").first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^channel \d+$")).first).to_be_visible()
     page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(ARTIFACTS / "how_it_works.png"), full_page=True)
     page.close()
