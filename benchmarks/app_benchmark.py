@@ -16,7 +16,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server  # noqa: E402
+from mriseg.case import sample_index  # noqa: E402
+from mriseg.devtools import CHROMIUM, launch_browser, open_sample, streamlit_server  # noqa: E402
 
 
 def rerender_times(repeats: int) -> dict:
@@ -24,7 +25,7 @@ def rerender_times(repeats: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from mriseg.bundle import load_segmenter
-    from mriseg.case import load_sample, sample_index
+    from mriseg.case import load_sample
     from mriseg.visualize import display_image, heatmap, overlay, to_png
     from mriseg.webapp import Prediction, current_mask
 
@@ -81,9 +82,9 @@ def concurrent_sessions(url: str, browser, sessions: int) -> dict:
         expect(page.get_by_role("button", name="Open").first).to_be_visible(timeout=120_000)
         pages.append(page)
     started = time.perf_counter()
+    entries = sample_index()
     for index, page in enumerate(pages):
-        buttons = page.get_by_role("button", name="Open")
-        buttons.nth(index % buttons.count()).click()
+        open_sample(page, entries[index % len(entries)])
     finished = []
     for page in pages:
         expect(page.get_by_text("Tumour at threshold", exact=False)).to_be_visible(timeout=300_000)

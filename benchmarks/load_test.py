@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from mriseg.case import sample_index  # noqa: E402
-from mriseg.devtools import launch_browser, peak_memory_mb, streamlit_server  # noqa: E402
+from mriseg.devtools import launch_browser, open_sample, peak_memory_mb, streamlit_server  # noqa: E402
 
 OVERLAY = "Tumour at threshold"
 
@@ -70,7 +70,7 @@ def run_wave(browser, url: str, sessions: int, wave: int, folder: Path) -> list[
     started = time.perf_counter()
     for index, page in enumerate(pages):
         if index < gallery:
-            page.get_by_role("button", name="Open").nth(index).click()
+            open_sample(page, sample_index()[index])
         else:
             page.get_by_text("Upload a file").click()
             page.locator("input[type=file]").set_input_files(str(uploads[index - gallery]))

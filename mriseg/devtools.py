@@ -6,6 +6,7 @@ Playwright is a development dependency (requirements-dev.txt) and is imported on
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -72,6 +73,23 @@ def launch_browser(timeout_ms: int = 90_000):
             yield browser
         finally:
             browser.close()
+
+
+def open_sample(page, entry: dict) -> None:
+    """Click the Open button of one gallery sample on the Segment page, once the page's run has finished.
+
+    The button is found by its widget key (Streamlit gives its element the class ``st-key-<key>`` with every
+    character outside ``[a-zA-Z0-9_-]`` turned into ``-``), so a layout shift can never open another sample.
+    """
+    from playwright.sync_api import expect
+
+    from mriseg.webapp import sample_button_key
+
+    css_class = "st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", sample_button_key(entry))
+    button = page.locator(f".{css_class} button")
+    expect(button).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    button.click()
 
 
 def peak_memory_mb(pid: int) -> float:

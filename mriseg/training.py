@@ -300,4 +300,9 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
                         dict(recipe, best_epoch=epoch, validation_at_training=row))
         state["epoch"] = epoch
         _save_checkpoint(checkpoint_dir, model, optimizer, state)
+        # Every epoch's weights stay (8 MB at width 16) so late epochs can be averaged into one model.
+        snapshot_dir = out_dir / "epochs"
+        snapshot_dir.mkdir(exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(snapshot_dir / f"epoch_{epoch:03d}.safetensors"))
     return state

@@ -266,6 +266,11 @@ def sample_label(entry: dict) -> str:
     return f"{entry['category']} tumour, {entry['tumour_pixels']} px"
 
 
+def sample_button_key(entry: dict) -> str:
+    """The widget key of a gallery sample's Open button (browser tests and benchmarks find it by this key)."""
+    return f"sample-{entry['image']}"
+
+
 def gallery(columns: int = 5) -> None:
     """Thumbnails of the shipped samples; a click opens one with its ground truth."""
     previews = sample_thumbnails()
@@ -274,7 +279,7 @@ def gallery(columns: int = 5) -> None:
             with column:
                 st.image(preview, caption=sample_label(entry), width="stretch")
                 # A callback runs before the page script, so the page already shows the new case.
-                st.button("Open", key=f"sample-{entry['image']}", width="stretch",
+                st.button("Open", key=sample_button_key(entry), width="stretch",
                           on_click=lambda chosen=entry: set_case(load_sample(chosen)))
     st.caption("Real FLAIR slices of validation patients (never used for training) from the LGG Segmentation "
                "Dataset, TCGA-LGG; masks by the data set's radiologists.")

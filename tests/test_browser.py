@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SAMPLES
 
-from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server
+from mriseg.devtools import CHROMIUM, launch_browser, open_sample, streamlit_server
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -109,7 +109,7 @@ def test_screenshot_for_readme(server, browser, sample_index):
     entry = max((e for e in sample_index if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
     page = browser.new_page(viewport={"width": 1500, "height": 1150})
     page.goto(server)
-    page.get_by_role("button", name="Open").first.click()
+    open_sample(page, entry)
     expect(page.get_by_text(re.compile(r"^Tumour at threshold"))).to_be_visible()
     expect(page.get_by_role("heading", name=entry["image"])).to_be_visible()
     expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
