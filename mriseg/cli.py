@@ -1,4 +1,4 @@
-"""Command line: ``python -m mriseg {train,evaluate,predict,bench} ...``."""
+"""Command line: ``python -m mriseg {train,average,evaluate,predict,export,bench} ...``."""
 
 from __future__ import annotations
 
@@ -122,11 +122,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def epoch_list(text: str) -> list[int]:
+    """``"55-67"`` or ``"40,45,50"`` (or a mix) as a sorted list of epoch numbers."""
+    epochs: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            epochs.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of epochs like 55-67 or 40,45,50") from None
+    if not epochs:
+        raise argparse.ArgumentTypeError(f"{text!r} names no epoch")
+    return sorted(epochs)
+
+
+def _average(args: argparse.Namespace) -> int:
+    from mriseg.averaging import average_epochs
+
+    result = average_epochs(args.run, args.epochs, args.data, out_dir=args.out, device=args.device)
+    print(f"epochs {result['epochs'][0]}-{result['epochs'][-1]} averaged ({len(result['epochs'])}): validation "
+          f"per-volume Dice at 0.5 mean {result['val_dice_mean']:.4f}, median {result['val_dice_median']:.4f} "
+          f"-> {result['folder']}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from mriseg.evaluation import format_report
     from mriseg.export import export_run
 
-    report = export_run(args.run, args.data, args.out, tta=args.tta, device=args.device)
+    report = export_run(args.run, args.data, args.out, tta=args.tta, device=args.device, source=args.source)
     print(format_report(report))
     print(f"weights folder written: {args.out}")
     return 0
@@ -155,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
     train.set_defaults(handler=_train)
 
+    average = commands.add_parser("average", help="average the weights of several epochs of a run into one model")
+    average.add_argument("--run", required=True, help="training run folder (with epochs/ and best/)")
+    average.add_argument("--data", required=True, help="the data folder the run was trained on")
+    average.add_argument("--epochs", required=True, type=epoch_list, help="epochs to average: 55-67 or 40,45,50")
+    average.add_argument("--out", default=None, help="weights folder to write (default: <run>/average)")
+    average.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    average.set_defaults(handler=_average)
+
     def add_model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--weights", default=None,
                              help="weights folder (default: the Hub repo in $MRISEG_HF_REPO, else weights/)")
@@ -180,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="tune on validation patients and write the shipped weights folder")
     export.add_argument("--run", required=True, help="training run folder (with best/)")
+    export.add_argument("--source", default="best",
+                        help="weights folder inside the run to export: best (default) or average")
     export.add_argument("--data", required=True, help="the data folder the run was trained on")
     export.add_argument("--out", default="weights", help="weights folder to write")
     export.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")

@@ -20,10 +20,20 @@ from mriseg.training import LOG_NAME
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
-               device: str = "auto") -> dict:
-    """Tune, evaluate and package ``<run_dir>/best`` into ``out_dir``; returns the validation report."""
+               device: str = "auto", source: str = "best") -> dict:
+    """Tune, evaluate and package ``<run_dir>/<source>`` into ``out_dir``; returns the validation report.
+
+    Args:
+        run_dir: the training run folder.
+        data_dir: the data folder the run was trained on (its validation patients are read from it).
+        out_dir: the weights folder to write.
+        tta: tune and evaluate with mirror test-time augmentation.
+        device: "auto", "cpu" or "cuda".
+        source: the weights folder inside the run: ``best`` (the best epoch) or ``average`` (see
+            :func:`mriseg.averaging.average_epochs`).
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, config = load_model(run_dir / "best")
+    model, config = load_model(run_dir / source)
     validation = set(config["split"]["validation"])
     cases = [case for case in find_cases(data_dir) if case.name in validation]
     if len(cases) != len(validation):
@@ -59,6 +69,8 @@ def model_card(config: dict, report: dict) -> str:
     post = config["postprocessing"]
     dice = report["per_volume_dice"]
     n_train, n_validation = len(config["split"]["train"]), len(config["split"]["validation"])
+    stages = training_stages(config)
+    stages_text, reproduce = describe_stages(stages), reproduce_commands(stages)
     return f"""---
 license: cc-by-nc-sa-4.0
 library_name: pytorch
@@ -94,11 +106,13 @@ It powers the **mriseg** teaching app.
   Journal of Neuro-Oncology (2017).
 - Split by **patient**, stratified by scanner site: {n_train} training, {n_validation} validation patients
   (listed in `config.json`). No slice of a validation patient was used for training.
-- Recipe: BCE + soft Dice loss, AdamW (lr {training['learning_rate']}, cosine decay, weight decay
-  {training['weight_decay']}), batch {training['batch_size']}, {training['epochs']} epochs, half of the sampled
-  slices with tumour; augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror,
-  rotation ±10°, scale 0.9-1.1, shift, intensity jitter); seed {training['seed']}. Best epoch by validation
-  per-volume Dice: {config.get('best_epoch')}. The per-epoch log is `training_log.csv`.
+- Recipe: BCE + soft Dice loss, AdamW (cosine decay after a short warm-up, weight decay
+  {training['weight_decay']}), batch {training['batch_size']}, half of the sampled slices with tumour;
+  augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror, rotation ±10°,
+  scale 0.9-1.1, shift, intensity jitter); seed {training['seed']}. Epochs and weights were chosen by validation
+  per-volume Dice:
+{stages_text}
+- The per-epoch log of the whole history is `training_log.csv`.
 
 ## Results on the {report['n_patients']} validation patients ({report['n_slices']} slices)
 Per-volume Dice is the headline: all slices of a patient stacked, one Dice per patient (as in Buda et al.
@@ -109,11 +123,11 @@ Per-volume Dice is the headline: all slices of a patient stacked, one Dice per p
 | per-volume Dice, mean | {dice['mean']:.3f} |
 | per-volume Dice, median | {dice['median']:.3f} |
 | per-volume Dice, worst patient | {dice['min']:.3f} |
-| Dice over slices with tumour | {report['positive_slice_dice']:.3f} |
-| slices without tumour given a false positive | {report['empty_slice_fp_rate']:.1%} |
+| Dice over slices with tumour | {optional(report['positive_slice_dice'], '.3f')} |
+| slices without tumour given a false positive | {optional(report['empty_slice_fp_rate'], '.1%')} |
 | IoU, per volume, mean | {report['iou']:.3f} |
 | precision / recall, per volume, mean | {report['precision']:.3f} / {report['recall']:.3f} |
-| HD95 (pixels, mean) | {report['hd95_px']:.1f} |
+| HD95 (pixels, mean over patients with a prediction) | {optional(report['hd95_px'], '.1f')} |
 
 These validation patients also chose the epoch and the threshold, so the numbers are slightly optimistic;
 20 further patients of the data set are kept aside for an independent evaluation. Published patient-level
@@ -127,8 +141,61 @@ results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`
 
 ## Reproduce
 ```
-python -m mriseg train --data ../shared/data/lgg-flair --out runs/unet16 --epochs {training['epochs']}
-python -m mriseg export --run runs/unet16 --data ../shared/data/lgg-flair --out weights
+{reproduce}
 python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 ```
 """
+
+
+def optional(value: float | None, spec: str) -> str:
+    """A metric for the card; "n/a" where it is undefined (no tumour-free slice, nothing predicted ...)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def training_stages(config: dict) -> list[dict]:
+    """The runs that made these weights, oldest first: each a warm restart of the one before."""
+    stages = []
+    stage: dict | None = config
+    while stage is not None:
+        stages.append(stage)
+        stage = stage.get("initialised_from")
+    return stages[::-1]
+
+
+def describe_stages(stages: list[dict]) -> str:
+    """One Markdown bullet per training stage, with the epochs it ran and the weights it kept."""
+    lines, first_epoch = [], 1
+    for number, stage in enumerate(stages, start=1):
+        training = stage["training"]
+        last_epoch = first_epoch + training["epochs"] - 1
+        start = "from scratch" if number == 1 else f"warm restart from the weights of stage {number - 1}"
+        if stage.get("averaged_epochs"):
+            averaged = stage["averaged_epochs"]
+            kept = (f"the weights of epochs {averaged[0]}-{averaged[-1]} averaged into one model (batch-norm "
+                    "statistics measured again on training slices)")
+        else:
+            kept = f"best epoch {stage.get('best_epoch')}"
+        lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
+                     f"{training['learning_rate']}; kept {kept}.")
+        # the next stage starts from the kept weights, and its log continues after the epoch they come from
+        first_epoch = (stage.get("averaged_epochs") or [stage.get("best_epoch") or last_epoch])[-1] + 1
+    return "\n".join(lines)
+
+
+def reproduce_commands(stages: list[dict], data: str = "../shared/data/lgg-flair") -> str:
+    """The CLI calls that rebuild these weights from the data, stage by stage."""
+    commands = []
+    for number, stage in enumerate(stages, start=1):
+        training, run = stage["training"], f"runs/stage{number}"
+        init = f" --init runs/stage{number - 1}/weights" if number > 1 else ""
+        commands.append(f"python -m mriseg train --data {data} --out {run} --epochs {training['epochs']} "
+                        f"--lr {training['learning_rate']}{init}")
+        source = ""
+        if stage.get("averaged_epochs"):
+            averaged = stage["averaged_epochs"]
+            commands.append(f"python -m mriseg average --run {run} --data {data} "
+                            f"--epochs {averaged[0]}-{averaged[-1]}")
+            source = " --source average"
+        out = "weights" if number == len(stages) else f"{run}/weights"
+        commands.append(f"python -m mriseg export --run {run}{source} --data {data} --out {out}")
+    return "\n".join(commands)

@@ -33,6 +33,8 @@ from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
 LOG_NAME = "training_log.csv"
+# What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
+LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from")
 LOG_FIELDS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "learning_rate", "seconds")
 
 
@@ -143,6 +145,14 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     return np.concatenate(images), np.concatenate(masks)
 
 
+def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
+    """Per-slice sampling weights so that ``positive_fraction`` of the drawn slices contain tumour."""
+    positive = masks.reshape(len(masks), -1).max(axis=1) > 0
+    n_positive = max(1, int(positive.sum()))
+    n_negative = max(1, int((~positive).sum()))
+    return np.where(positive, positive_fraction / n_positive, (1 - positive_fraction) / n_negative)
+
+
 def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
                     threshold: float = 0.5) -> dict[str, float]:
     """Dice of each patient's whole stack of slices at the original resolution."""
@@ -182,6 +192,17 @@ def _load_checkpoint(folder: Path, model: UNet, optimizer: torch.optim.Optimizer
             optimizer_state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(optimizer_state)
     return state
+
+
+def _start_log_from(previous: Path, path: Path, last_epoch: int) -> None:
+    """Open the run's log with the rows of ``previous`` up to ``last_epoch`` (the history of the starting weights)."""
+    if not previous.exists():
+        return
+    with open(previous, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= last_epoch]
+    path.unlink(missing_ok=True)
+    for row in rows:
+        _append_log(path, row)
 
 
 def _append_log(path: Path, row: dict) -> None:
@@ -228,33 +249,40 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     images, masks = prepare_slices(train_cases, preprocessor, "preparing training slices")
     validation = [(case.name, *case.load()) for case in validation_cases]
     dataset = SliceDataset(images, masks, training_augmentation())
-    positive = masks.reshape(len(masks), -1).max(axis=1) > 0
-    n_positive = max(1, int(positive.sum()))
-    n_negative = max(1, int((~positive).sum()))
-    weights = np.where(positive, config.positive_fraction / n_positive, (1 - config.positive_fraction) / n_negative)
+    weights = sampling_weights(masks, config.positive_fraction)
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
     model = create_model(config.architecture)
+    recipe = {"training": dict(config.to_dict(), init_from=None if init_from is None else str(init_from)),
+              "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
+              "device_trained_on": device.type}
+    # A warm restart continues the history of the weights it starts from: its epochs are numbered after the
+    # epoch those weights come from, and their log up to that epoch opens this run's log.
+    epoch_offset = 0
     if init_from is not None:
         initial, initial_config = load_model(init_from)
         if initial_config["architecture"] != config.architecture.to_dict():
             raise ValueError(f"{init_from} has another architecture: {initial_config['architecture']}")
         if initial_config["preprocessing"] != config.preprocessing.to_dict():
             raise ValueError(f"{init_from} was trained with other preprocessing: {initial_config['preprocessing']}")
+        if initial_config.get("split") != split:
+            raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
+                             "leak into training or stop being unseen")
         model.load_state_dict(initial.state_dict())
+        epoch_offset = int(initial_config.get("best_epoch") or 0)
+        recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
+        if not resume:
+            _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0}
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": epoch_offset}
     checkpoint_dir = out_dir / "checkpoint"
     if resume and (checkpoint_dir / "checkpoint.safetensors").exists():
         state = _load_checkpoint(checkpoint_dir, model, optimizer)
         tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
-
-    recipe = {"training": dict(config.to_dict(), init_from=None if init_from is None else str(init_from)),
-              "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
-              "device_trained_on": device.type}
+    epoch_offset = state.get("epoch_offset", 0)
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.time()
         model.train()
@@ -284,7 +312,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         scores = list(per_volume_dice(segmenter, validation).values())
         model.train()
         row = {
-            "epoch": epoch,
+            "epoch": epoch_offset + epoch,
             "train_loss": round(float(np.mean(losses)), 5),
             "val_dice_mean": round(float(np.mean(scores)), 5),
             "val_dice_median": round(float(np.median(scores)), 5),
@@ -292,17 +320,17 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             "seconds": round(time.time() - started, 1),
         }
         _append_log(out_dir / LOG_NAME, row)
-        tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}  validation per-volume Dice "
+        tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation per-volume Dice "
                    f"mean {row['val_dice_mean']:.4f} median {row['val_dice_median']:.4f}  ({row['seconds']} s)")
         if row["val_dice_mean"] > state["best_dice"]:
-            state.update(best_dice=row["val_dice_mean"], best_epoch=epoch)
+            state.update(best_dice=row["val_dice_mean"], best_epoch=row["epoch"])
             save_bundle(out_dir / "best", model, config.preprocessing, PostprocessingConfig(),
-                        dict(recipe, best_epoch=epoch, validation_at_training=row))
+                        dict(recipe, best_epoch=row["epoch"], validation_at_training=row))
         state["epoch"] = epoch
         _save_checkpoint(checkpoint_dir, model, optimizer, state)
         # Every epoch's weights stay (8 MB at width 16) so late epochs can be averaged into one model.
         snapshot_dir = out_dir / "epochs"
         snapshot_dir.mkdir(exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(snapshot_dir / f"epoch_{epoch:03d}.safetensors"))
+                  str(snapshot_dir / f"epoch_{row['epoch']:03d}.safetensors"))
     return state

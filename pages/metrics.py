@@ -56,7 +56,7 @@ if not report_path.exists():
 report = json.loads(report_path.read_text())
 st.markdown(
     f"Numbers from **{report['n_patients']} validation patients** ({report['n_slices']} slices) of the committed "
-    f"patient split: the model never trained on them, but they chose its best epoch and its threshold "
+    f"patient split: the model never trained on them, but they chose its epochs and its threshold "
     f"({report['threshold']:.2f}), so they are slightly optimistic. Per-volume Dice stacks all slices of a "
     f"patient into one score, the way the field reports it."
 )
@@ -90,8 +90,13 @@ if log_path.exists():
     curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
     curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
                        yaxis="y2")
-    best = int(np.argmax([float(row["val_dice_mean"]) for row in rows]))
-    curves.add_vline(x=epochs[best], line_dash="dot", annotation_text=f"best epoch {epochs[best]}")
+    averaged = model.config.get("averaged_epochs")
+    if averaged:
+        curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.15, line_width=0,
+                         annotation_text=f"weights of epochs {averaged[0]}-{averaged[-1]} averaged")
+    else:
+        best = model.config.get("best_epoch") or epochs[int(np.argmax([float(row["val_dice_mean"]) for row in rows]))]
+        curves.add_vline(x=best, line_dash="dot", annotation_text=f"best epoch {best}")
     curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",
                          yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1]), height=380)
     st.plotly_chart(curves, key="training_curves")

@@ -1,0 +1,86 @@
+"""From runs to the shipped folder: a two-stage history (train, warm restart, weight averaging) on real slices.
+
+The model card and the training log must tell the whole history, and its reproduce commands must be the
+ones that made the weights.
+"""
+
+import csv
+import json
+
+import pytest
+
+from mriseg.averaging import average_epochs
+from mriseg.bundle import load_segmenter, read_config
+from mriseg.cli import build_parser
+from mriseg.export import export_run
+from mriseg.model import UNetConfig
+from mriseg.preprocessing import PreprocessingConfig
+from mriseg.training import TrainConfig, train
+
+
+def log_epochs(path) -> list[int]:
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    tiny = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1, architecture=UNetConfig(base_width=4, depth=2),
+                preprocessing=PreprocessingConfig(grid_size=64))
+
+    # Stage 1, exported as a weights folder: its log and its best epoch travel with it.
+    stage1 = tmp_path / "stage1"
+    state = train(kaggle_folder, stage1, split, TrainConfig(epochs=3, learning_rate=1e-3, **tiny), device="cpu")
+    export_run(stage1, kaggle_folder, stage1 / "weights", device="cpu")
+    best = state["best_epoch"]
+    assert read_config(stage1 / "weights")["best_epoch"] == best
+
+    # Stage 2 continues the history after the epoch it starts from.
+    stage2 = tmp_path / "stage2"
+    train(kaggle_folder, stage2, split, TrainConfig(epochs=3, learning_rate=5e-4, **tiny), device="cpu",
+          init_from=stage1 / "weights")
+    assert log_epochs(stage2 / "training_log.csv") == [*range(1, best + 1), best + 1, best + 2, best + 3]
+    assert sorted(path.name for path in (stage2 / "epochs").iterdir()) == [
+        f"epoch_{epoch:03d}.safetensors" for epoch in (best + 1, best + 2, best + 3)]
+
+    result = average_epochs(stage2, [best + 2, best + 3], kaggle_folder, device="cpu", batches=3, batch_size=2)
+    assert 0.0 <= result["val_dice_mean"] <= 1.0
+    report = export_run(stage2, kaggle_folder, tmp_path / "shipped", device="cpu", source="average")
+    assert report["n_patients"] == 2
+
+    shipped = read_config(tmp_path / "shipped")
+    assert shipped["averaged_epochs"] == [best + 2, best + 3]
+    assert shipped["initialised_from"]["best_epoch"] == best
+    assert shipped["initialised_from"]["training"]["learning_rate"] == 1e-3
+    assert log_epochs(tmp_path / "shipped" / "training_log.csv")[-1] == best + 3
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert f"stage 1: from scratch, epochs 1-3, peak learning rate 0.001; kept best epoch {best}" in card
+    assert f"epochs {best + 1}-{best + 3}" in card and f"epochs {best + 2}-{best + 3} averaged" in card
+    assert f"--epochs {best + 2}-{best + 3}" in card and "--init runs/stage1/weights" in card
+    assert "export --run runs/stage2 --source average" in card
+    segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
+    assert segmenter.postprocessing.threshold == report["threshold"]
+
+    # A weights folder trained on other patients must not start a run: its validation patients would leak.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"train": patients[2:6], "validation": patients[:2]}))
+    with pytest.raises(ValueError, match="another patient split"):
+        train(kaggle_folder, tmp_path / "leak", other, TrainConfig(epochs=1, **tiny), device="cpu",
+              init_from=stage1 / "weights")
+    with pytest.raises(FileNotFoundError, match="epoch_099"):
+        average_epochs(stage2, [99], kaggle_folder, device="cpu")
+
+
+@pytest.mark.parametrize(("text", "epochs"), [("55-58", [55, 56, 57, 58]), ("40,45,50", [40, 45, 50]),
+                                              ("3,1-2", [1, 2, 3])])
+def test_average_command_reads_epoch_ranges(text, epochs):
+    args = build_parser().parse_args(["average", "--run", "r", "--data", "d", "--epochs", text])
+    assert args.epochs == epochs
+
+
+def test_average_command_rejects_a_bad_range(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["average", "--run", "r", "--data", "d", "--epochs", "late"])
+    assert "not a list of epochs like 55-67" in capsys.readouterr().err
