@@ -16,7 +16,7 @@ from mriseg.data import find_cases
 from mriseg.evaluation import predict_cases, summarize, tune_postprocessing, write_report
 from mriseg.inference import Segmenter
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import LOG_NAME
+from mriseg.training import LOG_NAME, kept_epoch
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
@@ -178,7 +178,7 @@ def describe_stages(stages: list[dict]) -> str:
         lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
                      f"{training['learning_rate']}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
-        first_epoch = (stage.get("averaged_epochs") or [stage.get("best_epoch") or last_epoch])[-1] + 1
+        first_epoch = kept_epoch(stage) + 1
     return "\n".join(lines)
 
 

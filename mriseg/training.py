@@ -145,6 +145,12 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     return np.concatenate(images), np.concatenate(masks)
 
 
+def kept_epoch(config: dict) -> int:
+    """The last epoch in the weights of a folder's config: its best epoch, or the last of the averaged ones."""
+    averaged = config.get("averaged_epochs")
+    return int(averaged[-1] if averaged else config.get("best_epoch") or 0)
+
+
 def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
     """Per-slice sampling weights so that ``positive_fraction`` of the drawn slices contain tumour."""
     positive = masks.reshape(len(masks), -1).max(axis=1) > 0
@@ -270,7 +276,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
                              "leak into training or stop being unseen")
         model.load_state_dict(initial.state_dict())
-        epoch_offset = int(initial_config.get("best_epoch") or 0)
+        epoch_offset = kept_epoch(initial_config)
         recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
         if not resume:
             _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)

@@ -63,6 +63,11 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
     assert segmenter.postprocessing.threshold == report["threshold"]
 
+    # A third stage from the averaged weights continues after the last averaged epoch.
+    train(kaggle_folder, tmp_path / "stage3", split, TrainConfig(epochs=1, **tiny), device="cpu",
+          init_from=tmp_path / "shipped")
+    assert log_epochs(tmp_path / "stage3" / "training_log.csv")[-2:] == [best + 3, best + 4]
+
     # A weights folder trained on other patients must not start a run: its validation patients would leak.
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"train": patients[2:6], "validation": patients[:2]}))
