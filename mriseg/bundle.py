@@ -61,6 +61,12 @@ def read_config(folder: str | Path) -> dict:
         raise InputError(f"{path} is not valid JSON ({error})") from error
 
 
+def kept_epoch(config: dict) -> int:
+    """The last epoch in the weights of a folder's config: its best epoch, or the last of the averaged ones."""
+    averaged = config.get("averaged_epochs")
+    return int(averaged[-1] if averaged else config.get("best_epoch") or 0)
+
+
 def load_model(folder: str | Path, verify: bool = True) -> tuple[UNet, dict]:
     """The U-Net and its config from a weights folder; the sha256 is checked before the file is read."""
     folder = Path(folder)

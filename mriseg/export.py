@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mriseg.bundle import load_model, read_config, save_bundle
+from mriseg.bundle import kept_epoch, load_model, read_config, save_bundle
 from mriseg.data import find_cases
 from mriseg.evaluation import predict_cases, summarize, tune_postprocessing, write_report
 from mriseg.inference import Segmenter
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import LOG_NAME, kept_epoch
+from mriseg.training import LOG_NAME
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,

@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from mriseg.bundle import load_model, save_bundle
+from mriseg.bundle import kept_epoch, load_model, save_bundle
 from mriseg.data import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, resolve_device
 from mriseg.metrics import dice
@@ -143,12 +143,6 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
         images.append(preprocessor.volume_to_grid(volume))
         masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
     return np.concatenate(images), np.concatenate(masks)
-
-
-def kept_epoch(config: dict) -> int:
-    """The last epoch in the weights of a folder's config: its best epoch, or the last of the averaged ones."""
-    averaged = config.get("averaged_epochs")
-    return int(averaged[-1] if averaged else config.get("best_epoch") or 0)
 
 
 def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mriseg import webapp
+from mriseg.bundle import kept_epoch
 from mriseg.case import threshold_curve
 
 view = webapp.context()
@@ -90,6 +91,12 @@ if log_path.exists():
     curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
     curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
                        yaxis="y2")
+    lineage = model.config.get("initialised_from")
+    while lineage:  # each warm restart reset the learning rate: mark where, so the dip after it makes sense
+        restart = kept_epoch(lineage) + 0.5
+        curves.add_vline(x=restart, line_dash="dash", line_color="gray", annotation_text="warm restart",
+                         annotation_position="bottom right")
+        lineage = lineage.get("initialised_from")
     averaged = model.config.get("averaged_epochs")
     if averaged:
         curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.15, line_width=0,
