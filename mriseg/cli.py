@@ -50,8 +50,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     segmenter, folder = _segmenter(args)
     patients = load_split(args.split)[args.subset] if args.subset else None
-    report = evaluate(args.data, segmenter, patients=patients, tta=args.tta)
-    trained_on = set(read_config(folder).get("split", {}).get("train", []))
+    config = read_config(folder)
+    # A model exported with --tta was tuned and scored with it: use it unless asked explicitly.
+    report = evaluate(args.data, segmenter, patients=patients, tta=args.tta or bool(config.get("tta_default")))
+    trained_on = set(config.get("split", {}).get("train", []))
     seen = sorted(trained_on & set(report["patients"]))
     if seen:
         print(f"warning: {len(seen)} of these patients were used to train this model; their scores are "
@@ -65,11 +67,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from mriseg.bundle import read_config
     from mriseg.io import mask_to_nifti, mask_to_png, read_volume
     from mriseg.measure import tumour_size
     from mriseg.postprocessing import binarize
 
-    segmenter, _ = _segmenter(args)
+    segmenter, folder = _segmenter(args)
+    tta = args.tta or bool(read_config(folder).get("tta_default"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -83,7 +87,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
             continue
-        probabilities = segmenter.predict(volume.pixels, tta=args.tta).mean
+        probabilities = segmenter.predict(volume.pixels, tta=tta).mean
         mask = binarize(probabilities, segmenter.postprocessing, args.threshold)
         stem = path.name.split(".")[0]
         if volume.n_slices == 1:

@@ -183,6 +183,8 @@ def sidebar() -> None:
         st.slider("Threshold", 0.05, 0.95, step=0.01, key="threshold",
                   help="A pixel is tumour when its probability is at least this. "
                        f"The model's default, tuned on validation patients, is {model.postprocessing.threshold:.2f}.")
+        # On by default for weights whose threshold was tuned with the mirror pass (export --tta).
+        st.session_state.setdefault("tta", bool(model.config.get("tta_default", False)))
         st.toggle("Uncertainty (mirror test-time augmentation)", key="tta",
                   help="Also segment the left-right mirrored scan and show where the two answers disagree")
         st.button("Presenter mode", icon=":material/co_present:", on_click=_set_presenter, args=(True,),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +45,19 @@ def test_evaluate_writes_the_json_report(tmp_path, kaggle_folder):
     assert "per-volume Dice mean" in result.stdout
     # the samples are validation patients: no warning about training patients
     assert report["patients_seen_in_training"] == 0 and "warning" not in result.stderr
+    assert report["tta"] is False
+
+
+def test_weights_tuned_with_tta_are_evaluated_with_it(tmp_path, kaggle_folder):
+    weights = tmp_path / "weights"
+    shutil.copytree(REPO_ROOT / "weights", weights)
+    config = json.loads((weights / "config.json").read_text())
+    (weights / "config.json").write_text(json.dumps(dict(config, tta_default=True)))
+    report_path = tmp_path / "report.json"
+    result = mriseg("evaluate", "--data", str(kaggle_folder), "--weights", str(weights), "--out", str(report_path),
+                    "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report_path.read_text())["tta"] is True
 
 
 def test_evaluate_missing_folder_is_a_clear_error(tmp_path):
