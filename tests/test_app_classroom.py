@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
+from streamlit.testing.v1 import AppTest
 from test_app import expected_mask, metric, open_sample, start
 
 from mriseg.case import load_sample, sample_index
@@ -105,3 +108,40 @@ def test_volume_reformats_and_slice_chart(segmenter):
     assert "Coronal reformat, top of the head up" in captions and "Sagittal reformat, top of the head up" in captions
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert chart["data"][0]["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()
+
+
+def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypatch, slice_samples):
+    """Weights from a (hand-built, offline) HF cache that were warm-restarted, averaged and tuned with TTA:
+    the training curves mark the restart and the averaged epochs, and the uncertainty toggle starts on."""
+    from huggingface_hub import constants
+    from test_weights import COMMIT, REPO, build_hf_cache
+
+    from mriseg import webapp
+
+    staged = tmp_path / "staged"
+    shutil.copytree(REPO_ROOT / "weights", staged)
+    config = json.loads((staged / "config.json").read_text())
+    config.update(initialised_from={"training": config["training"], "best_epoch": 20}, averaged_epochs=[30, 31, 32],
+                  tta_default=True)
+    config.pop("best_epoch", None)
+    (staged / "config.json").write_text(json.dumps(config))
+    cache = tmp_path / "hub"
+    build_hf_cache(cache, [staged / name for name in ("config.json", "model.safetensors", "training_log.csv",
+                                                      "evaluation.json")])
+    monkeypatch.setenv("MRISEG_HF_REPO", REPO)
+    monkeypatch.setenv("MRISEG_HF_REVISION", COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    webapp.load_model.clear()
+    try:
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+        at.run()
+        assert at.toggle(key="tta").value is True
+        assert any("hf-cache" in c.value or REPO in c.value for c in at.caption), [c.value for c in at.caption]
+        at.button(key=f"sample-{slice_samples[0]['image']}").click().run()
+        at.switch_page("pages/metrics.py").run()
+        assert not at.exception, at.exception
+        curves = next(chart for chart in at.get("plotly_chart") if "Training curves" in chart.proto.spec)
+        assert "warm restart" in curves.proto.spec and "weights of epochs 30-32 averaged" in curves.proto.spec
+    finally:
+        webapp.load_model.clear()
