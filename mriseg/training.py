@@ -228,7 +228,9 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         resume: continue from the checkpoint in ``out_dir``.
         max_patients: use only the first N patients of each side (for quick tests).
         init_from: a weights folder whose weights start the run (a warm restart from shipped weights, with a
-            fresh optimiser and schedule); its architecture and preprocessing must match ``config``.
+            fresh optimiser and schedule); its architecture, preprocessing and patient split must match. The
+            run's epochs are numbered after the epoch those weights come from, its log opens with their history
+            and its config records them under ``initialised_from``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +255,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
+    checkpoint_dir = out_dir / "checkpoint"
+    resuming = resume and (checkpoint_dir / "checkpoint.safetensors").exists()
     model = create_model(config.architecture)
     recipe = {"training": dict(config.to_dict(), init_from=None if init_from is None else str(init_from)),
               "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
@@ -272,14 +276,13 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         model.load_state_dict(initial.state_dict())
         epoch_offset = kept_epoch(initial_config)
         recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
-        if not resume:
+        if not resuming:
             _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": epoch_offset}
-    checkpoint_dir = out_dir / "checkpoint"
-    if resume and (checkpoint_dir / "checkpoint.safetensors").exists():
+    if resuming:
         state = _load_checkpoint(checkpoint_dir, model, optimizer)
         tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
     epoch_offset = state.get("epoch_offset", 0)

@@ -37,10 +37,11 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
     best = state["best_epoch"]
     assert read_config(stage1 / "weights")["best_epoch"] == best
 
-    # Stage 2 continues the history after the epoch it starts from.
+    # Stage 2 continues the history after the epoch it starts from (--resume with nothing to resume yet is a
+    # fresh start, as a user restarting a cut-off job in a loop would run it).
     stage2 = tmp_path / "stage2"
     train(kaggle_folder, stage2, split, TrainConfig(epochs=3, learning_rate=5e-4, **tiny), device="cpu",
-          init_from=stage1 / "weights")
+          init_from=stage1 / "weights", resume=True)
     assert log_epochs(stage2 / "training_log.csv") == [*range(1, best + 1), best + 1, best + 2, best + 3]
     assert sorted(path.name for path in (stage2 / "epochs").iterdir()) == [
         f"epoch_{epoch:03d}.safetensors" for epoch in (best + 1, best + 2, best + 3)]
