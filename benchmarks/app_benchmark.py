@@ -27,13 +27,13 @@ def rerender_times(repeats: int) -> dict:
     from mriseg.bundle import load_segmenter
     from mriseg.case import load_sample
     from mriseg.visualize import display_image, heatmap, overlay, to_png
-    from mriseg.webapp import Prediction, current_mask
+    from mriseg.webapp import Prediction, current_mask, sample_button_key
 
     os.environ["MRISEG_HF_REPO"] = ""
     entry = max((e for e in sample_index() if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
     at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
     at.run()
-    at.button(key=f"sample-{entry['image']}").click().run()
+    at.button(key=sample_button_key(entry)).click().run()
     whole_app = []
     for index in range(repeats):
         started = time.perf_counter()

@@ -58,7 +58,8 @@ def run_wave(browser, url: str, sessions: int, wave: int, folder: Path) -> list[
     """
     from playwright.sync_api import expect
 
-    gallery = len(sample_index()) if wave == 0 else 0
+    entries = sample_index()
+    gallery = len(entries) if wave == 0 else 0
     uploads = upload_variants(folder, max(0, sessions - gallery), wave)
     pages = []
     for _ in range(sessions):
@@ -70,7 +71,7 @@ def run_wave(browser, url: str, sessions: int, wave: int, folder: Path) -> list[
     started = time.perf_counter()
     for index, page in enumerate(pages):
         if index < gallery:
-            open_sample(page, sample_index()[index])
+            open_sample(page, entries[index])
         else:
             page.get_by_text("Upload a file").click()
             page.locator("input[type=file]").set_input_files(str(uploads[index - gallery]))

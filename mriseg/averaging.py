@@ -7,7 +7,6 @@ model are not the average of the epochs' statistics, so they are measured again 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from mriseg.bundle import load_model, save_bundle
+from mriseg.bundle import load_model, recipe_of, save_bundle
 from mriseg.data import find_cases
 from mriseg.inference import Segmenter, resolve_device
 from mriseg.model import UNet
@@ -41,14 +40,15 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
 def recompute_batch_norm(model: UNet, loader: DataLoader, device: torch.device) -> None:
     """Replace every BatchNorm's running mean and variance by their exact average over ``loader``."""
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # None: a cumulative average over all batches, not an exponential one
     model.train()
     for batch, _ in loader:
         model(batch.to(device))
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
     model.eval()
 
 
@@ -98,11 +98,8 @@ def average_epochs(run_dir: str | Path, epochs: list[int], data_dir: str | Path,
     scores = list(per_volume_dice(Segmenter(model, preprocessing, device=device), validation).values())
     result = {"epochs": sorted(epochs), "val_dice_mean": float(np.mean(scores)),
               "val_dice_median": float(np.median(scores)), "folder": str(out_dir)}
-    extra = {key: value for key, value in config.items()
-             if key not in {"architecture", "preprocessing", "postprocessing", "weights_sha256", "model_type",
-                            "best_epoch", "validation_at_training"}}
+    extra = recipe_of(config, drop=("best_epoch", "validation_at_training"))
     extra.update(averaged_epochs=result["epochs"], validation_at_training={
         "val_dice_mean": round(result["val_dice_mean"], 5), "val_dice_median": round(result["val_dice_median"], 5)})
     save_bundle(out_dir, model.cpu(), preprocessing, PostprocessingConfig(), extra)
-    (out_dir / "averaging.json").write_text(json.dumps(result, indent=2))
     return result

@@ -22,6 +22,8 @@ from mriseg.preprocessing import PreprocessingConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# The keys save_bundle derives from the model and its settings; everything else in a config is the caller's.
+BUNDLE_KEYS = frozenset({"model_type", "architecture", "preprocessing", "postprocessing", "weights_sha256"})
 
 
 def sha256_of(path: str | Path) -> str:
@@ -49,6 +51,11 @@ def save_bundle(folder: str | Path, model: UNet, preprocessing: PreprocessingCon
     )
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+def recipe_of(config: dict, drop: tuple[str, ...] = ()) -> dict:
+    """A config without the keys :func:`save_bundle` writes (and without ``drop``): what to carry to a new bundle."""
+    return {key: value for key, value in config.items() if key not in BUNDLE_KEYS and key not in drop}
 
 
 def read_config(folder: str | Path) -> dict:

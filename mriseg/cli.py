@@ -34,25 +34,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _segmenter(args: argparse.Namespace):
-    from mriseg.bundle import load_segmenter
+    """The segmenter, its weights' config, and whether to mirror (``--tta``, or weights exported with it)."""
+    from mriseg.bundle import load_segmenter, read_config
     from mriseg.weights import resolve_weights
 
     folder = Path(args.weights) if args.weights else resolve_weights().folder
     segmenter = load_segmenter(folder, device=args.device)
+    config = read_config(folder)
     print(f"model: {folder}  device: {segmenter.device_label}", file=sys.stderr)
-    return segmenter, folder
+    # A model exported with --tta was tuned and scored with it, so it is used with it.
+    return segmenter, config, args.tta or bool(config.get("tta_default"))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mriseg.bundle import read_config
     from mriseg.data import load_split
     from mriseg.evaluation import evaluate, format_report, write_report
 
-    segmenter, folder = _segmenter(args)
+    segmenter, config, tta = _segmenter(args)
     patients = load_split(args.split)[args.subset] if args.subset else None
-    config = read_config(folder)
-    # A model exported with --tta was tuned and scored with it: use it unless asked explicitly.
-    report = evaluate(args.data, segmenter, patients=patients, tta=args.tta or bool(config.get("tta_default")))
+    report = evaluate(args.data, segmenter, patients=patients, tta=tta)
     trained_on = set(config.get("split", {}).get("train", []))
     seen = sorted(trained_on & set(report["patients"]))
     if seen:
@@ -67,13 +67,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mriseg.bundle import read_config
     from mriseg.io import mask_to_nifti, mask_to_png, read_volume
     from mriseg.measure import tumour_size
     from mriseg.postprocessing import binarize
 
-    segmenter, folder = _segmenter(args)
-    tta = args.tta or bool(read_config(folder).get("tta_default"))
+    segmenter, _, tta = _segmenter(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mriseg.bundle import kept_epoch, load_model, read_config, save_bundle
+from mriseg.bundle import kept_epoch, load_model, read_config, recipe_of, save_bundle
 from mriseg.data import find_cases
 from mriseg.evaluation import predict_cases, summarize, tune_postprocessing, write_report
 from mriseg.inference import Segmenter
@@ -45,8 +45,7 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
     report.update(tta=tta, patients_seen_in_training=0,
                   subset="validation patients of the committed split (splits/lgg-flair.json)")
 
-    extra = {key: value for key, value in config.items()
-             if key not in {"architecture", "preprocessing", "postprocessing", "weights_sha256", "model_type"}}
+    extra = recipe_of(config)
     extra["tta_default"] = tta
     extra["validation_metrics"] = {
         "per_volume_dice_mean": report["per_volume_dice"]["mean"],

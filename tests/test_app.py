@@ -19,6 +19,7 @@ from mriseg.bundle import read_config
 from mriseg.case import load_sample
 from mriseg.metrics import compare
 from mriseg.postprocessing import binarize
+from mriseg.webapp import sample_button_key
 
 TIMEOUT = 120
 
@@ -39,7 +40,7 @@ def expected_mask(segmenter, pixels, threshold):
 
 
 def open_sample(at: AppTest, image_name: str) -> AppTest:
-    at.button(key=f"sample-{image_name}").click().run()
+    at.button(key=sample_button_key({"image": image_name})).click().run()
     assert not at.exception, at.exception
     return at
 

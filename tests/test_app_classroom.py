@@ -138,7 +138,7 @@ def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypa
         at.run()
         assert at.toggle(key="tta").value is True
         assert any("hf-cache" in c.value or REPO in c.value for c in at.caption), [c.value for c in at.caption]
-        at.button(key=f"sample-{slice_samples[0]['image']}").click().run()
+        open_sample(at, slice_samples[0]["image"])
         at.switch_page("pages/metrics.py").run()
         assert not at.exception, at.exception
         curves = next(chart for chart in at.get("plotly_chart") if "Training curves" in chart.proto.spec)
