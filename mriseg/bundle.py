@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mriseg.errors import InputError
 from mriseg.inference import Segmenter
-from mriseg.model import UNet, UNetConfig, create_model
+from mriseg.model import Segmentation, create_model
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
 
@@ -34,7 +34,7 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(folder: str | Path, model: UNet, preprocessing: PreprocessingConfig,
+def save_bundle(folder: str | Path, model: Segmentation, preprocessing: PreprocessingConfig,
                 postprocessing: PostprocessingConfig, extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) into ``folder``."""
     folder = Path(folder)
@@ -58,6 +58,11 @@ def recipe_of(config: dict, drop: tuple[str, ...] = ()) -> dict:
     return {key: value for key, value in config.items() if key not in BUNDLE_KEYS and key not in drop}
 
 
+def member_configs(config: dict) -> list[dict]:
+    """How each U-Net of the weights was made: an ensemble's ``members``, or the config itself for one U-Net."""
+    return config.get("members") or [config]
+
+
 def read_config(folder: str | Path) -> dict:
     path = Path(folder) / CONFIG_NAME
     try:
@@ -74,8 +79,8 @@ def kept_epoch(config: dict) -> int:
     return int(averaged[-1] if averaged else config.get("best_epoch") or 0)
 
 
-def load_model(folder: str | Path, verify: bool = True) -> tuple[UNet, dict]:
-    """The U-Net and its config from a weights folder; the sha256 is checked before the file is read."""
+def load_model(folder: str | Path, verify: bool = True) -> tuple[Segmentation, dict]:
+    """The U-Net (or ensemble) and its config from a weights folder; the sha256 is checked before the file is read."""
     folder = Path(folder)
     config = read_config(folder)
     weights = folder / WEIGHTS_NAME
@@ -87,11 +92,11 @@ def load_model(folder: str | Path, verify: bool = True) -> tuple[UNet, dict]:
             f"{weights} does not match the sha256 recorded in config.json: the file is corrupt or was replaced. "
             "Download the weights again"
         )
-    model = create_model(UNetConfig.from_dict(config["architecture"]))
+    model = create_model(config["architecture"])
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as error:
-        raise InputError(f"{weights} cannot be loaded into the configured U-Net ({error})") from error
+        raise InputError(f"{weights} cannot be loaded into the configured model ({error})") from error
     return model, config
 
 

@@ -23,6 +23,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
+        bf16=not args.fp32,
         architecture=UNetConfig(base_width=args.width, depth=args.depth),
         preprocessing=PreprocessingConfig(grid_size=args.grid),
     )
@@ -158,6 +159,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from mriseg.ensemble import build_ensemble
+    from mriseg.evaluation import format_report
+
+    report = build_ensemble(args.members, args.data, args.out, tta=args.tta, device=args.device)
+    print(format_report(report))
+    print(f"ensemble of {len(args.members)} U-Nets written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mriseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grid", type=int, default=128, help="side of the square grid the model sees")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--fp32", action="store_true",
+                       help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")
@@ -221,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
     export.add_argument("--device", default="auto", help="auto, cpu or cuda")
     export.set_defaults(handler=_export)
+
+    ensemble = commands.add_parser("ensemble", help="combine exported U-Nets into one ensemble, tuned on validation")
+    ensemble.add_argument("--members", required=True, nargs="+", help="two or more exported weights folders")
+    ensemble.add_argument("--data", required=True, help="the data folder the members were trained on")
+    ensemble.add_argument("--out", default="weights", help="weights folder to write")
+    ensemble.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
+    ensemble.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ensemble.set_defaults(handler=_ensemble)
 
     bench = commands.add_parser("bench", help="inference latency and throughput")
     bench.add_argument("--weights", default=None, help="weights folder (default: resolved as for the app)")

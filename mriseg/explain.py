@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mriseg.inference import Segmenter
-from mriseg.model import UNet
+from mriseg.model import UNet, unet_members
 
 
 @dataclass(frozen=True)
@@ -119,15 +119,16 @@ class FeatureMaps:
 
 
 @torch.inference_mode()
-def feature_maps(segmenter: Segmenter, pixels: np.ndarray) -> FeatureMaps:
+def feature_maps(segmenter: Segmenter, pixels: np.ndarray, member: int = 0) -> FeatureMaps:
     """Run one 2D slice through the model with forward hooks on every stage.
 
     Args:
         segmenter: the loaded model and its preprocessing.
         pixels: (H, W) raw intensities.
+        member: which U-Net of an ensemble to look inside (0 for a single U-Net).
     """
     # Hooks go on a private copy: the shared model keeps serving other sessions untouched meanwhile.
-    model = copy.deepcopy(segmenter.model)
+    model = copy.deepcopy(unet_members(segmenter.model)[member])
     captured: dict[str, torch.Tensor] = {}
 
     def keep(name: str):

@@ -8,13 +8,13 @@ threshold and the small-component filter, evaluate with the tuned settings, then
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from mriseg.bundle import kept_epoch, load_model, read_config, recipe_of, save_bundle
+from mriseg.bundle import kept_epoch, load_model, member_configs, read_config, recipe_of, save_bundle
 from mriseg.data import find_cases
 from mriseg.evaluation import predict_cases, summarize, tune_postprocessing, write_report
 from mriseg.inference import Segmenter
+from mriseg.model import Segmentation
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import LOG_NAME
 
@@ -32,12 +32,32 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
         source: the weights folder inside the run: ``best`` (the best epoch) or ``average`` (see
             :func:`mriseg.averaging.average_epochs`).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir = Path(run_dir)
     model, config = load_model(run_dir / source)
+    return export_model(model, config, (run_dir / LOG_NAME).read_text(), data_dir, out_dir, tta=tta, device=device)
+
+
+def export_model(model: Segmentation, config: dict, training_log: str, data_dir: str | Path, out_dir: str | Path,
+                 tta: bool = False, device: str = "auto") -> dict:
+    """Tune post-processing on the validation patients of ``config``'s split, evaluate, write the weights folder.
+
+    Args:
+        model: the trained U-Net or ensemble.
+        config: its config (recipe, split, preprocessing ...), as read from a weights folder.
+        training_log: the CSV text of its training history, shipped beside the weights.
+        data_dir: the data folder holding the validation patients.
+        out_dir: the weights folder to write.
+        tta: tune and evaluate with mirror test-time augmentation.
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        The validation report (also written to ``evaluation.json``).
+    """
+    out_dir = Path(out_dir)
     validation = set(config["split"]["validation"])
     cases = [case for case in find_cases(data_dir) if case.name in validation]
     if len(cases) != len(validation):
-        raise FileNotFoundError(f"{data_dir} lacks some validation patients of {run_dir}")
+        raise FileNotFoundError(f"{data_dir} lacks some of the model's validation patients")
     segmenter = Segmenter(model, PreprocessingConfig.from_dict(config["preprocessing"]), device=device)
     predictions = predict_cases(segmenter, cases, tta=tta)
     postprocessing, _ = tune_postprocessing(predictions)
@@ -56,7 +76,7 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
         "n_slices": report["n_slices"],
     }
     save_bundle(out_dir, model.cpu(), segmenter.preprocessor.config, postprocessing, extra)
-    shutil.copy2(run_dir / LOG_NAME, out_dir / LOG_NAME)
+    (out_dir / LOG_NAME).write_text(training_log)
     write_report(report, out_dir / "evaluation.json")
     (out_dir / "README.md").write_text(model_card(read_config(out_dir), report))
     return report
@@ -64,12 +84,26 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
 
 def model_card(config: dict, report: dict) -> str:
     """The Hugging Face model card, written from the config and the validation report."""
-    arch, training = config["architecture"], config["training"]
+    members = member_configs(config)
+    training = members[0]["training"]
     post = config["postprocessing"]
     dice = report["per_volume_dice"]
     n_train, n_validation = len(config["split"]["train"]), len(config["split"]["validation"])
-    stages = training_stages(config)
-    stages_text, reproduce = describe_stages(stages), reproduce_commands(stages)
+    seeds = ", ".join(str(member["training"]["seed"]) for member in members)
+    if len(members) == 1:
+        stages = training_stages(config)
+        stages_text, reproduce = describe_stages(stages), reproduce_commands(stages, config)
+    else:
+        stages_text = "\n".join(
+            f"  - U-Net {number} (seed {member['training']['seed']}):\n"
+            + describe_stages(training_stages(member)).replace("  - ", "    - ")
+            for number, member in enumerate(members, start=1))
+        reproduce = "\n".join(
+            reproduce_commands(training_stages(member), member, run=f"runs/unet{number}-stage",
+                               final_out=f"runs/unet{number}/weights")
+            for number, member in enumerate(members, start=1))
+        folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
+        reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
     return f"""---
 license: cc-by-nc-sa-4.0
 library_name: pytorch
@@ -86,9 +120,7 @@ It powers the **mriseg** teaching app.
 > or any decision about a patient.**
 
 ## Model
-- U-Net, {arch['depth']} down-sampling levels, base width {arch['base_width']} (channels
-  {", ".join(str(arch['base_width'] * 2**i) for i in range(arch['depth'] + 1))}); (Conv 3x3 + BatchNorm + ReLU) x2 per
-  block, max-pool down, transposed-convolution up, skip connections, 1x1 conv to one logit.
+{describe_architecture(config["architecture"])}
 - Input: one FLAIR slice, clipped to the {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']}
   percentiles of the head, z-scored over the head, padded to a square and resized to
   {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to the
@@ -108,7 +140,7 @@ It powers the **mriseg** teaching app.
 - Recipe: BCE + soft Dice loss, AdamW (cosine decay after a short warm-up, weight decay
   {training['weight_decay']}), batch {training['batch_size']}, half of the sampled slices with tumour;
   augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror, rotation ±10°,
-  scale 0.9-1.1, shift, intensity jitter); seed {training['seed']}. Epochs and weights were chosen by validation
+  scale 0.9-1.1, shift, intensity jitter); seed {seeds}. Epochs and weights were chosen by validation
   per-volume Dice:
 {stages_text}
 - The per-epoch log of the whole history is `training_log.csv`.
@@ -146,6 +178,23 @@ python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 """
 
 
+def describe_architecture(architecture: dict) -> str:
+    """Markdown bullets for a U-Net's or an ensemble's architecture."""
+    def unet(arch: dict) -> str:
+        channels = ", ".join(str(arch["base_width"] * 2**level) for level in range(arch["depth"] + 1))
+        return f"U-Net, {arch['depth']} down-sampling levels, base width {arch['base_width']} (channels {channels})"
+
+    block = ("(Conv 3x3 + BatchNorm + ReLU) x2 per block, max-pool down, transposed-convolution up, skip "
+             "connections, 1x1 conv to one logit.")
+    if "members" not in architecture:
+        return f"- {unet(architecture)}; {block}"
+    lines = [f"- An ensemble of {len(architecture['members'])} U-Nets trained separately (own width and random "
+             "seed); the tumour probability is the mean of theirs, so one network's miss can be caught by another:"]
+    lines += [f"  - U-Net {number}: {unet(arch)}" for number, arch in enumerate(architecture["members"], start=1)]
+    lines.append(f"- Each U-Net: {block}")
+    return "\n".join(lines)
+
+
 def optional(value: float | None, spec: str) -> str:
     """A metric for the card; "n/a" where it is undefined (no tumour-free slice, nothing predicted ...)."""
     return "n/a" if value is None else format(value, spec)
@@ -181,20 +230,40 @@ def describe_stages(stages: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_commands(stages: list[dict], data: str = "../shared/data/lgg-flair") -> str:
-    """The CLI calls that rebuild these weights from the data, stage by stage."""
+def train_options(stage: dict, model: dict) -> str:
+    """The ``train`` flags, beyond epochs and learning rate, that differ from the defaults for this stage."""
+    training, arch, grid = stage["training"], model["architecture"], model["preprocessing"]["grid_size"]
+    options = [f"--{name} {value}" for name, value, default in (
+        ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", grid, 128),
+        ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0)) if value != default]
+    if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
+        options.append("--fp32")
+    return "".join(f" {option}" for option in options)
+
+
+def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/data/lgg-flair",
+                       run: str = "runs/stage", final_out: str = "weights") -> str:
+    """The CLI calls that rebuild these weights from the data, stage by stage.
+
+    Args:
+        stages: the training stages, oldest first (see :func:`training_stages`).
+        model: the config holding their ``architecture`` and ``preprocessing``.
+        data: the data folder named in the commands.
+        run: run folders are named ``<run>1``, ``<run>2`` ...
+        final_out: the weights folder the last stage is exported to.
+    """
     commands = []
     for number, stage in enumerate(stages, start=1):
-        training, run = stage["training"], f"runs/stage{number}"
-        init = f" --init runs/stage{number - 1}/weights" if number > 1 else ""
-        commands.append(f"python -m mriseg train --data {data} --out {run} --epochs {training['epochs']} "
-                        f"--lr {training['learning_rate']}{init}")
+        training, run_dir = stage["training"], f"{run}{number}"
+        init = f" --init {run}{number - 1}/weights" if number > 1 else ""
+        commands.append(f"python -m mriseg train --data {data} --out {run_dir} --epochs {training['epochs']} "
+                        f"--lr {training['learning_rate']}{train_options(stage, model)}{init}")
         source = ""
         if stage.get("averaged_epochs"):
             averaged = stage["averaged_epochs"]
-            commands.append(f"python -m mriseg average --run {run} --data {data} "
+            commands.append(f"python -m mriseg average --run {run_dir} --data {data} "
                             f"--epochs {averaged[0]}-{averaged[-1]}")
             source = " --source average"
-        out = "weights" if number == len(stages) else f"{run}/weights"
-        commands.append(f"python -m mriseg export --run {run}{source} --data {data} --out {out}")
+        out = final_out if number == len(stages) else f"{run_dir}/weights"
+        commands.append(f"python -m mriseg export --run {run_dir}{source} --data {data} --out {out}")
     return "\n".join(commands)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mriseg.model import UNet
+from mriseg.model import Segmentation
 from mriseg.postprocessing import PostprocessingConfig, binarize
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
@@ -37,7 +37,7 @@ class Probabilities:
 
 
 class Segmenter:
-    """A trained U-Net with the preprocessing and post-processing stored beside its weights.
+    """A trained U-Net (or ensemble of U-Nets) with the preprocessing and post-processing stored beside its weights.
 
     Thread-safe for prediction: the network is in eval mode and never modified, so one instance can serve every
     session of the app at once.
@@ -52,7 +52,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: UNet,
+        model: Segmentation,
         preprocessing: PreprocessingConfig = PreprocessingConfig(),
         postprocessing: PostprocessingConfig = PostprocessingConfig(),
         device: str | torch.device | None = "auto",

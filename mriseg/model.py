@@ -7,6 +7,7 @@ up-sample with ConvTranspose2d, concatenate the matching encoder output (the ski
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,8 +113,68 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def create_model(config: UNetConfig | dict | None = None) -> UNet:
-    """Build a U-Net from a :class:`UNetConfig`, a plain dict (as stored in ``config.json``) or defaults."""
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member.
+
+    Stored in ``config.json`` as ``{"members": [{...}, {...}]}``.
+    """
+
+    members: tuple[UNetConfig, ...]
+
+    def to_dict(self) -> dict:
+        return {"members": [member.to_dict() for member in self.members]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EnsembleConfig:
+        return cls(tuple(UNetConfig.from_dict(member) for member in values["members"]))
+
+
+class UNetEnsemble(nn.Module):
+    """Several U-Nets trained apart on the same grid; returns the logit of their mean probability.
+
+    Independently trained networks make different mistakes (one misses a faint slice another catches), so the
+    mean of their probabilities is more reliable than any one of them. The output is a logit like a single
+    :class:`UNet`'s, so everything downstream (sigmoid, threshold, uncertainty) treats both alike.
+
+    Args:
+        members: the trained U-Nets; they must take the same input channels.
+
+    Example:
+        >>> ensemble = UNetEnsemble([UNet(UNetConfig(base_width=4, depth=2)), UNet(UNetConfig(base_width=8))])
+        >>> ensemble(torch.zeros(1, 1, 32, 32)).shape
+        torch.Size([1, 1, 32, 32])
+    """
+
+    def __init__(self, members: Sequence[UNet]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two U-Nets, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.config = EnsembleConfig(tuple(member.config for member in members))
+
+    @property
+    def size_multiple(self) -> int:
+        return max(member.size_multiple for member in self.members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probability = torch.stack([torch.sigmoid(member(x).float()) for member in self.members]).mean(0)
+        # float32 keeps logit(sigmoid(z)) exact enough; eps bounds the logit where every member is certain
+        return torch.logit(probability, eps=1e-7)
+
+
+Segmentation = UNet | UNetEnsemble
+
+
+def unet_members(model: Segmentation) -> list[UNet]:
+    """The U-Nets inside ``model``: itself, or an ensemble's members."""
+    return list(model.members) if isinstance(model, UNetEnsemble) else [model]
+
+
+def create_model(config: UNetConfig | EnsembleConfig | dict | None = None) -> Segmentation:
+    """Build a U-Net (or an ensemble of them) from its config, a plain dict as in ``config.json``, or defaults."""
     if isinstance(config, dict):
-        config = UNetConfig.from_dict(config)
+        config = EnsembleConfig.from_dict(config) if "members" in config else UNetConfig.from_dict(config)
+    if isinstance(config, EnsembleConfig):
+        return UNetEnsemble([UNet(member) for member in config.members])
     return UNet(config or UNetConfig())

@@ -51,6 +51,8 @@ class TrainConfig:
             learns to leave healthy slices empty).
         steps_per_epoch: optimiser steps an epoch; 0 means one pass over the training slices.
         seed: seeds Python, NumPy and torch, and each epoch's sampling.
+        bf16: mixed precision (bfloat16 autocast) where the device runs it fast: always on CUDA, and on CPUs
+            with native bfloat16 instructions (about twice as fast there as float32).
     """
 
     epochs: int = 40
@@ -61,6 +63,7 @@ class TrainConfig:
     positive_fraction: float = 0.5
     steps_per_epoch: int = 0
     seed: int = 0
+    bf16: bool = True
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -151,6 +154,14 @@ def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
     n_positive = max(1, int(positive.sum()))
     n_negative = max(1, int((~positive).sum()))
     return np.where(positive, positive_fraction / n_positive, (1 - positive_fraction) / n_negative)
+
+
+def uses_bf16(device: torch.device, requested: bool = True) -> bool:
+    """Whether training on ``device`` runs under bfloat16 autocast: CUDA, or a CPU with native bf16 support."""
+    if not requested:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
+                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
@@ -280,6 +291,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    mixed_precision = uses_bf16(device, config.bf16)
+    recipe["mixed_precision"] = "bf16" if mixed_precision else "fp32"
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": epoch_offset}
     if resuming:
@@ -302,7 +315,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
                 group["lr"] = learning_rate_at(step, total_steps, config)
             batch = batch.to(device).contiguous(memory_format=memory_format)
             target = target.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
                 logits = model(batch)
             loss = bce_dice_loss(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)

@@ -125,13 +125,13 @@ def feature_cache() -> LRUCache:
     return LRUCache(8, 256 << 20, size_of=lambda maps: sum(a.nbytes for a in maps.maps.values()))
 
 
-def feature_maps_for(model: LoadedModel, case: Case, index: int) -> FeatureMaps:
-    """Feature maps of one slice of the case, cached beside its prediction."""
-    key = (case.digest, model.version, str(model.segmenter.device), index)
+def feature_maps_for(model: LoadedModel, case: Case, index: int, member: int = 0) -> FeatureMaps:
+    """Feature maps of one slice of the case (inside U-Net ``member`` of an ensemble), cached beside its prediction."""
+    key = (case.digest, model.version, str(model.segmenter.device), index, member)
     cache = feature_cache()
     maps = cache.get(key)
     if maps is None:
-        maps = feature_maps(model.segmenter, case.volume.pixels[index])
+        maps = feature_maps(model.segmenter, case.volume.pixels[index], member)
         cache.put(key, maps)
     return maps
 

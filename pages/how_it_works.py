@@ -5,13 +5,14 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.explain import architecture_dot, describe
+from mriseg.model import unet_members
 from mriseg.visualize import display_image
 
 view = webapp.context()
 model = view.model
 segmenter = model.segmenter
 grid = segmenter.preprocessor.config.grid_size
-stages = describe(segmenter.model, grid)
+unets = unet_members(segmenter.model)
 
 st.title("How the U-Net sees")
 st.markdown(
@@ -21,6 +22,16 @@ st.markdown(
     "decoder level the encoder's sharp, high-resolution features, so the outline comes out crisp. Everything "
     "below is read from the loaded model, not written by hand."
 )
+member = 0
+if len(unets) > 1:
+    st.markdown(
+        f"This model is an **ensemble of {len(unets)} U-Nets**, trained separately from different random starts. "
+        "Each makes its own mistakes, so the app averages their tumour probabilities: a faint slice one of them "
+        "misses, another may catch. Pick one to look inside."
+    )
+    member = st.radio("U-Net", range(len(unets)), horizontal=True, key="ensemble_member",
+                      format_func=lambda i: f"U-Net {i + 1} (base width {unets[i].config.base_width})")
+stages = describe(unets[member], grid)
 
 left, right = st.columns([2, 3])
 left.graphviz_chart(architecture_dot(stages))
@@ -30,8 +41,9 @@ right.dataframe(
     hide_index=True,
 )
 total = sum(s.parameters for s in stages)
+whole = f" ({sum(p.numel() for p in segmenter.model.parameters()):,} in the whole ensemble)" if len(unets) > 1 else ""
 right.markdown(
-    f"**{total:,} parameters** in all. The *receptive field* is how much of the {grid}x{grid} input one output "
+    f"**{total:,} parameters** in all{whole}. The *receptive field* is how much of the {grid}x{grid} input one output "
     f"pixel can see: {stages[0].receptive_field} px after the first block, {max(s.receptive_field for s in stages)} "
     "px at the end, enough to compare a bright spot with the whole hemisphere around it."
 )
@@ -49,7 +61,7 @@ if case is None:
     st.info("Open a sample or upload a scan on the Segment page to see its feature maps.")
 else:
     index = st.session_state.get("slice", 1) - 1 if case.volume.n_slices > 1 else 0
-    maps = webapp.feature_maps_for(model, case, index)
+    maps = webapp.feature_maps_for(model, case, index, member)
     names = [s.name for s in stages if s.kind in ("encoder", "bottleneck", "decoder")]
     stage_name = st.selectbox("Stage", names, index=names.index("decoder 1"), key="feature_stage")
     kind = stage_name.split()[0]

@@ -9,8 +9,46 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mriseg import webapp
-from mriseg.bundle import kept_epoch
+from mriseg.bundle import kept_epoch, member_configs
 from mriseg.case import threshold_curve
+from mriseg.ensemble import log_by_member
+
+
+def single_curves(curves: go.Figure, rows: list[dict], config: dict) -> None:
+    """One U-Net's history: loss and validation Dice, its warm restarts and the epochs it kept."""
+    epochs = [int(row["epoch"]) for row in rows]
+    curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
+    curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
+                       yaxis="y2")
+    lineage = config.get("initialised_from")
+    while lineage:  # each warm restart reset the learning rate: mark where, so the dip after it makes sense
+        restart = kept_epoch(lineage) + 0.5
+        curves.add_vline(x=restart, line_dash="dash", line_color="gray", annotation_text="warm restart",
+                         annotation_position="bottom right")
+        lineage = lineage.get("initialised_from")
+    averaged = config.get("averaged_epochs")
+    if averaged:
+        curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.15, line_width=0,
+                         annotation_text=f"weights of epochs {averaged[0]}-{averaged[-1]} averaged")
+    else:
+        best = config.get("best_epoch") or epochs[int(np.argmax([float(row["val_dice_mean"]) for row in rows]))]
+        curves.add_vline(x=best, line_dash="dot", annotation_text=f"best epoch {best}")
+
+
+def ensemble_curves(curves: go.Figure, groups: dict[int, list[dict]], members: list[dict]) -> None:
+    """Each ensemble member's history, with a star on the epoch whose weights it contributes."""
+    for number, rows in groups.items():
+        epochs = [int(row["epoch"]) for row in rows]
+        dice_by_epoch = {int(row["epoch"]): float(row["val_dice_mean"]) for row in rows}
+        curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], line_dash="dot",
+                           name=f"U-Net {number}: training loss")
+        curves.add_scatter(x=epochs, y=list(dice_by_epoch.values()), yaxis="y2",
+                           name=f"U-Net {number}: validation per-volume Dice")
+        kept = kept_epoch(members[number - 1])
+        if kept in dice_by_epoch:
+            curves.add_scatter(x=[kept], y=[dice_by_epoch[kept]], yaxis="y2", mode="markers",
+                               marker=dict(symbol="star", size=14), name=f"U-Net {number}: kept epoch {kept}")
+
 
 view = webapp.context()
 model, threshold = view.model, view.threshold
@@ -85,25 +123,14 @@ sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title
 right.plotly_chart(sweep_figure, key="sweep")
 
 if log_path.exists():
-    rows = list(csv.DictReader(io.StringIO(log_path.read_text())))
-    epochs = [int(row["epoch"]) for row in rows]
+    groups = log_by_member(list(csv.DictReader(io.StringIO(log_path.read_text()))))
     curves = go.Figure()
-    curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
-    curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
-                       yaxis="y2")
-    lineage = model.config.get("initialised_from")
-    while lineage:  # each warm restart reset the learning rate: mark where, so the dip after it makes sense
-        restart = kept_epoch(lineage) + 0.5
-        curves.add_vline(x=restart, line_dash="dash", line_color="gray", annotation_text="warm restart",
-                         annotation_position="bottom right")
-        lineage = lineage.get("initialised_from")
-    averaged = model.config.get("averaged_epochs")
-    if averaged:
-        curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.15, line_width=0,
-                         annotation_text=f"weights of epochs {averaged[0]}-{averaged[-1]} averaged")
+    if len(groups) > 1:
+        ensemble_curves(curves, groups, member_configs(model.config))
+        st.caption("This model is an ensemble: each U-Net was trained on its own, and the app averages their "
+                   "probabilities. The ensemble's own validation numbers are the ones above.")
     else:
-        best = model.config.get("best_epoch") or epochs[int(np.argmax([float(row["val_dice_mean"]) for row in rows]))]
-        curves.add_vline(x=best, line_dash="dot", annotation_text=f"best epoch {best}")
+        single_curves(curves, next(iter(groups.values())), model.config)
     curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",
                          yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1]), height=380)
     st.plotly_chart(curves, key="training_curves")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mriseg.model import UNet, UNetConfig, create_model
+from mriseg.model import EnsembleConfig, UNet, UNetConfig, UNetEnsemble, create_model, unet_members
 
 
 class BaseUNetTest:
@@ -47,3 +47,27 @@ def test_create_model_from_config_dict_ignores_unknown_keys():
 def test_wrong_channel_count_is_explained():
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         create_model(UNetConfig(base_width=4, depth=2))(torch.randn(1, 3, 16, 16))
+
+
+def test_ensemble_probability_is_the_mean_of_its_members():
+    torch.manual_seed(0)
+    members = [create_model(UNetConfig(base_width=4, depth=2)).eval(), create_model(UNetConfig(base_width=8)).eval()]
+    ensemble = UNetEnsemble(members).eval()
+    x = torch.randn(3, 1, 32, 48)
+    with torch.inference_mode():
+        expected = torch.stack([torch.sigmoid(member(x)) for member in members]).mean(0)
+        assert torch.allclose(torch.sigmoid(ensemble(x)), expected, atol=1e-5)
+    assert ensemble.size_multiple == 16
+    assert unet_members(ensemble) == members and unet_members(members[0]) == [members[0]]
+
+
+def test_ensemble_config_round_trips_through_a_dict():
+    config = EnsembleConfig((UNetConfig(base_width=4, depth=2), UNetConfig(base_width=8)))
+    model = create_model(config.to_dict())
+    assert isinstance(model, UNetEnsemble) and model.config == config
+    assert [member.config.base_width for member in unet_members(model)] == [4, 8]
+
+
+def test_an_ensemble_of_one_is_refused():
+    with pytest.raises(ValueError, match="at least two"):
+        UNetEnsemble([create_model(UNetConfig(base_width=4, depth=2))])

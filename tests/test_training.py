@@ -18,7 +18,10 @@ from mriseg.training import (
     learning_rate_at,
     train,
     training_augmentation,
+    uses_bf16,
 )
+
+CPU_HAS_BF16 = uses_bf16(torch.device("cpu"))
 
 
 def sample_tensors(slice_samples, grid=64):
@@ -28,7 +31,9 @@ def sample_tensors(slice_samples, grid=64):
     return images, masks
 
 
-def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples):
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not CPU_HAS_BF16, reason="this CPU has no native bfloat16"))])
+def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples, bf16):
     torch.manual_seed(0)
     images, masks = sample_tensors(slice_samples)
     x, y = torch.from_numpy(images)[:, None], torch.from_numpy(masks)[:, None]
@@ -36,7 +41,9 @@ def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(60):
-        loss = bce_dice_loss(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = bce_dice_loss(logits.float(), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -91,6 +98,7 @@ def test_train_checkpoints_resumes_and_ships_best(kaggle_folder, tmp_path, slice
     best = json.loads((run / "best" / "config.json").read_text())
     assert best["split"]["validation"] == patients[6:]
     assert best["preprocessing"]["grid_size"] == 64
+    assert best["mixed_precision"] == ("bf16" if CPU_HAS_BF16 else "fp32")
     segmenter = load_segmenter(run / "best", device="cpu")
     assert segmenter.predict(np.ones((1, 80, 80), np.float32) * np.arange(80)).mean.shape == (1, 80, 80)
 
@@ -108,6 +116,9 @@ def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_sampl
     assert state["epoch"] == 1
     saved = json.loads((tmp_path / "second" / "best" / "config.json").read_text())
     assert saved["training"]["init_from"].endswith("best")
+    fp32 = TrainConfig(**{**config.__dict__, "bf16": False})
+    train(kaggle_folder, tmp_path / "fp32", split, fp32, device="cpu")
+    assert json.loads((tmp_path / "fp32" / "best" / "config.json").read_text())["mixed_precision"] == "fp32"
     wider = TrainConfig(**{**config.__dict__, "architecture": UNetConfig(base_width=8, depth=2)})
     with pytest.raises(ValueError, match="another architecture"):
         train(kaggle_folder, tmp_path / "third", split, wider, device="cpu", init_from=first)

@@ -1,0 +1,97 @@
+"""Combine separately trained U-Nets into one ensemble weights folder.
+
+Each member is a weights folder written by ``export`` (its config and training log travel with it). The
+members must share the preprocessing (their probabilities are averaged on one grid) and the patient split
+(otherwise one member's training patients would sit among the others' validation patients and inflate the
+validation numbers). The ensemble is then tuned and scored on those validation patients like a single model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from mriseg.bundle import load_model, recipe_of
+from mriseg.errors import InputError
+from mriseg.export import export_model
+from mriseg.model import UNet, UNetEnsemble
+from mriseg.training import LOG_FIELDS, LOG_NAME
+
+MEMBER_COLUMN = "member"
+# What each member's entry in the ensemble's config keeps of its own config: how it was made, not what the
+# ensemble holds once for all (split, preprocessing) or tunes anew (post-processing, TTA, validation metrics).
+MEMBER_DROP = ("split", "data", "tta_default", "validation_metrics")
+
+
+def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
+    """Load member weights folders into one ensemble.
+
+    Args:
+        folders: two or more weights folders (each with ``config.json``, ``model.safetensors`` and
+            ``training_log.csv``).
+
+    Returns:
+        The ensemble, its config (shared split and preprocessing, one entry per member under ``members``) and
+        the members' training logs as one CSV with a ``member`` column (1, 2, ...).
+    """
+    if len(folders) < 2:
+        raise ValueError(f"an ensemble needs at least two weights folders, got {len(folders)}")
+    models, configs = [], []
+    for folder in folders:
+        model, config = load_model(folder)
+        if not isinstance(model, UNet):
+            raise ValueError(f"{folder} is already an ensemble: list its members' weights folders instead")
+        if not (Path(folder) / LOG_NAME).exists():
+            raise InputError(f"{folder} has no {LOG_NAME}: export the run first (python -m mriseg export)")
+        models.append(model)
+        configs.append(config)
+    first = configs[0]
+    for folder, config in zip(folders[1:], configs[1:], strict=True):
+        if config["preprocessing"] != first["preprocessing"]:
+            raise ValueError(f"{folder} uses other preprocessing than {folders[0]} ({config['preprocessing']} vs "
+                             f"{first['preprocessing']}): ensemble members must see the same input grid")
+        if config.get("split") != first.get("split"):
+            raise ValueError(f"{folder} was trained on another patient split than {folders[0]}: one member's "
+                             "training patients would be among the validation patients that score the ensemble")
+    members = [dict(recipe_of(config, drop=MEMBER_DROP), architecture=config["architecture"],
+                    preprocessing=config["preprocessing"]) for config in configs]
+    config = {"split": first["split"], "data": first.get("data"), "members": members,
+              "preprocessing": first["preprocessing"]}
+    return UNetEnsemble(models), config, merged_log(folders)
+
+
+def merged_log(folders: Sequence[str | Path]) -> str:
+    """The members' training logs as one CSV, each row tagged with its member number."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=(MEMBER_COLUMN, *LOG_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for number, folder in enumerate(folders, start=1):
+        with open(Path(folder) / LOG_NAME, newline="") as handle:
+            for row in csv.DictReader(handle):
+                writer.writerow({MEMBER_COLUMN: number, **{key: row[key] for key in LOG_FIELDS}})
+    return out.getvalue()
+
+
+def log_by_member(rows: list[dict]) -> dict[int, list[dict]]:
+    """Training-log rows grouped by ensemble member (all under 1 for a single U-Net's log)."""
+    groups: dict[int, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(int(row.get(MEMBER_COLUMN) or 1), []).append(row)
+    return groups
+
+
+def build_ensemble(folders: Sequence[str | Path], data_dir: str | Path, out_dir: str | Path, tta: bool = False,
+                   device: str = "auto") -> dict:
+    """Combine the member folders, tune and score the ensemble on the validation patients, write ``out_dir``.
+
+    Returns:
+        The ensemble's validation report.
+
+    Example:
+        ``python -m mriseg ensemble --members runs/unet1/weights runs/unet2/weights --data DIR --out weights``
+    """
+    model, config, log = combine(folders)
+    return export_model(model, config, log, data_dir, out_dir, tta=tta, device=device)
+

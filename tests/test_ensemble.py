@@ -1,0 +1,96 @@
+"""Ensembles: separately trained U-Nets on real slices, combined, tuned on validation and shipped as one folder."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+from mriseg.bundle import load_segmenter, read_config
+from mriseg.cli import main
+from mriseg.ensemble import combine, log_by_member
+from mriseg.errors import InputError
+from mriseg.export import export_run
+from mriseg.io import read_image_file
+from mriseg.model import UNetConfig, UNetEnsemble
+from mriseg.preprocessing import PreprocessingConfig
+from mriseg.training import TrainConfig, train
+
+TINY = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1, preprocessing=PreprocessingConfig(grid_size=64))
+
+
+@pytest.fixture
+def members(kaggle_folder, tmp_path, slice_samples):
+    """Two exported members on one split: widths 4 and 6, seeds 0 and 1, two epochs each."""
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    folders = []
+    for number, (width, seed) in enumerate([(4, 0), (6, 1)], start=1):
+        run = tmp_path / f"unet{number}"
+        config = TrainConfig(epochs=2, seed=seed, architecture=UNetConfig(base_width=width, depth=2), **TINY)
+        train(kaggle_folder, run, split, config, device="cpu")
+        export_run(run, kaggle_folder, run / "weights", device="cpu")
+        folders.append(run / "weights")
+    return folders, split
+
+
+def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, kaggle_folder, tmp_path,
+                                                                     slice_samples):
+    folders, _ = members
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", *map(str, folders), "--data", str(kaggle_folder), "--out", str(out),
+                 "--device", "cpu"]) == 0
+
+    config = read_config(out)
+    assert [m["base_width"] for m in config["architecture"]["members"]] == [4, 6]
+    assert [m["training"]["seed"] for m in config["members"]] == [0, 1]
+    assert config["split"] == read_config(folders[0])["split"]
+    assert config["validation_metrics"]["n_patients"] == 2
+
+    with open(out / "training_log.csv", newline="") as handle:
+        groups = log_by_member(list(csv.DictReader(handle)))
+    assert {number: len(rows) for number, rows in groups.items()} == {1: 2, 2: 2}
+
+    card = (out / "README.md").read_text()
+    assert "An ensemble of 2 U-Nets" in card and "U-Net 2: U-Net, 2 down-sampling levels, base width 6" in card
+    assert "--out runs/unet2-stage1 --epochs 2 --lr 0.002 --width 6 --depth 2 --grid 64 --batch-size 2 --seed 1" in card
+    assert "export --run runs/unet2-stage1 --data ../shared/data/lgg-flair --out runs/unet2/weights" in card
+    assert "ensemble --members runs/unet1/weights runs/unet2/weights" in card
+
+    # The shipped folder predicts the mean of what its members predict, at the original resolution.
+    image = read_image_file(SAMPLES / slice_samples[0]["image"])
+    ensemble = load_segmenter(out, device="cpu")
+    assert isinstance(ensemble.model, UNetEnsemble)
+    expected = np.mean([load_segmenter(folder, device="cpu").predict(image).mean for folder in folders], axis=0)
+    assert np.allclose(ensemble.predict(image).mean, expected, atol=1e-3)
+    assert ensemble.postprocessing.threshold == json.loads((out / "evaluation.json").read_text())["threshold"]
+    with pytest.raises(ValueError, match="already an ensemble"):
+        combine([out, folders[0]])
+
+
+def test_members_from_another_split_are_refused(members, kaggle_folder, tmp_path, slice_samples, capsys):
+    folders, split = members
+    other = tmp_path / "other"
+    config = read_config(folders[1])
+    config["split"] = {"train": config["split"]["validation"], "validation": config["split"]["train"]}
+    other.mkdir()
+    for name in ("model.safetensors", "training_log.csv"):
+        (other / name).write_bytes((folders[1] / name).read_bytes())
+    (other / "config.json").write_text(json.dumps(config))
+    assert main(["ensemble", "--members", str(folders[0]), str(other), "--data", str(kaggle_folder),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "another patient split" in capsys.readouterr().err
+
+
+def test_members_must_be_exported_single_unets(members, tmp_path):
+    folders, _ = members
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((folders[0] / name).read_bytes())
+    with pytest.raises(InputError, match="export the run first"):
+        combine([bare, folders[1]])
+    with pytest.raises(ValueError, match="at least two"):
+        combine([folders[0]])
