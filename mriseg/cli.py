@@ -24,8 +24,8 @@ def _train(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
         bf16=not args.fp32,
-        architecture=UNetConfig(base_width=args.width, depth=args.depth),
-        preprocessing=PreprocessingConfig(grid_size=args.grid),
+        architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
+        preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
     )
     state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
                   max_patients=args.max_patients, init_from=args.init)
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
     train.add_argument("--depth", type=int, default=4, help="number of down-sampling steps")
     train.add_argument("--grid", type=int, default=128, help="side of the square grid the model sees")
+    train.add_argument("--context", type=int, default=0,
+                       help="neighbouring slices on each side fed as extra input channels (2.5D); 0: the slice alone")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--fp32", action="store_true",

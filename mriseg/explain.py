@@ -119,12 +119,13 @@ class FeatureMaps:
 
 
 @torch.inference_mode()
-def feature_maps(segmenter: Segmenter, pixels: np.ndarray, member: int = 0) -> FeatureMaps:
-    """Run one 2D slice through the model with forward hooks on every stage.
+def feature_maps(segmenter: Segmenter, volume: np.ndarray, index: int = 0, member: int = 0) -> FeatureMaps:
+    """Run one slice through the model with forward hooks on every stage.
 
     Args:
         segmenter: the loaded model and its preprocessing.
-        pixels: (H, W) raw intensities.
+        volume: (S, H, W) or (H, W) raw intensities (a volume, so a 2.5D model gets the slice's neighbours).
+        index: the slice to look at.
         member: which U-Net of an ensemble to look inside (0 for a single U-Net).
     """
     # Hooks go on a private copy: the shared model keeps serving other sessions untouched meanwhile.
@@ -144,8 +145,9 @@ def feature_maps(segmenter: Segmenter, pixels: np.ndarray, member: int = 0) -> F
         level = depth - index
         decoder.up.register_forward_hook(keep(f"decoder {level}: up-sampled"))
         decoder.register_forward_hook(keep(f"decoder {level}"))
-    grid = segmenter.preprocessor.slice_to_grid(np.asarray(pixels, dtype=np.float32))
-    batch = torch.from_numpy(grid)[None, None].to(segmenter.device)
+    volume = np.asarray(volume, dtype=np.float32)
+    model_input = segmenter.preprocessor.slice_input(volume[None] if volume.ndim == 2 else volume, index)
+    batch = torch.from_numpy(model_input)[None].to(segmenter.device)
     model(batch.contiguous(memory_format=segmenter.memory_format))
     maps = {name: tensor[0].numpy() for name, tensor in captured.items()}
     for level in range(1, depth + 1):

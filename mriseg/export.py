@@ -121,10 +121,11 @@ It powers the **mriseg** teaching app.
 
 ## Model
 {describe_architecture(config["architecture"])}
-- Input: one FLAIR slice, clipped to the {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']}
-  percentiles of the head, z-scored over the head, padded to a square and resized to
-  {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to the
-  original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
+- Input: {describe_input(config['preprocessing'])}, each clipped to the
+  {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']} percentiles of the head, z-scored
+  over the head, padded to a square and resized to
+  {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to
+  the original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
   (8-bit PNG, 16-bit DICOM, float NIfTI) gives the same input.
 - Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**; 2D connected components
   smaller than {post['min_component_fraction']:.2%} of the slice removed and, in volumes, 3D components smaller
@@ -178,6 +179,20 @@ python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 """
 
 
+def context_of(preprocessing: dict | None) -> int:
+    """Neighbouring slices on each side in the input (configs from before 2.5D input have none)."""
+    return int((preprocessing or {}).get("context_slices", 0))
+
+
+def describe_input(preprocessing: dict) -> str:
+    context = context_of(preprocessing)
+    if context == 0:
+        return "one FLAIR slice"
+    return (f"the FLAIR slice with {context} neighbouring slice{'s' * (context > 1)} above and below as extra "
+            "channels (2.5D; at the ends of a volume, and for a lone 2D image, the slice stands in for missing "
+            "neighbours)")
+
+
 def describe_architecture(architecture: dict) -> str:
     """Markdown bullets for a U-Net's or an ensemble's architecture."""
     def unet(arch: dict) -> str:
@@ -217,6 +232,9 @@ def describe_stages(stages: list[dict]) -> str:
         training = stage["training"]
         last_epoch = first_epoch + training["epochs"] - 1
         start = "from scratch" if number == 1 else f"warm restart from the weights of stage {number - 1}"
+        added = context_of(stage.get("preprocessing")) - context_of(stages[number - 2].get("preprocessing"))
+        if number > 1 and added > 0:
+            start += f", widened to see {added} neighbouring slice{'s' * (added > 1)} on each side"
         if stage.get("averaged_epochs"):
             averaged = stage["averaged_epochs"]
             kept = (f"the weights of epochs {averaged[0]}-{averaged[-1]} averaged into one model (batch-norm "
@@ -232,9 +250,11 @@ def describe_stages(stages: list[dict]) -> str:
 
 def train_options(stage: dict, model: dict) -> str:
     """The ``train`` flags, beyond epochs and learning rate, that differ from the defaults for this stage."""
-    training, arch, grid = stage["training"], model["architecture"], model["preprocessing"]["grid_size"]
+    training, arch = stage["training"], model["architecture"]
+    preprocessing = stage.get("preprocessing", model["preprocessing"])
     options = [f"--{name} {value}" for name, value, default in (
-        ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", grid, 128),
+        ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", preprocessing["grid_size"], 128),
+        ("context", context_of(preprocessing), 0),
         ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0)) if value != default]
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")

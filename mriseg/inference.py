@@ -75,11 +75,11 @@ class Segmenter:
     @torch.inference_mode()
     def predict_grid(self, grid: np.ndarray, tta: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities for already-preprocessed (S, G, G) input; returns (mean, std or None) on the grid."""
+        """Probabilities for preprocessed (S, C, G, G) model input; returns (mean, std or None) on the grid."""
         means, stds = [], []
         total = len(grid)
         for start in range(0, total, self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(grid[start : start + self.batch_size]))[:, None]
+            batch = torch.from_numpy(np.ascontiguousarray(grid[start : start + self.batch_size]))
             batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 views = [torch.sigmoid(self.model(batch).float())]
@@ -111,7 +111,7 @@ class Segmenter:
         if pixels.ndim != 3:
             raise ValueError(f"expected (slices, H, W) or (H, W) pixels, got shape {pixels.shape}")
         height, width = pixels.shape[1:]
-        mean, std = self.predict_grid(self.preprocessor.volume_to_grid(pixels), tta=tta, progress=progress)
+        mean, std = self.predict_grid(self.preprocessor.volume_to_input(pixels), tta=tta, progress=progress)
         restore = self.preprocessor.grid_to_volume
         return Probabilities(
             np.clip(restore(mean, height, width), 0.0, 1.0),

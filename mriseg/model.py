@@ -113,6 +113,22 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """A one-channel U-Net's weights for ``in_channels`` channels whose centre channel is the old input.
+
+    The new channels (neighbouring slices, see ``PreprocessingConfig.context_slices``) start with zero weights,
+    so the widened network first computes exactly what the old one did; training then learns how much the
+    neighbours should count.
+    """
+    key = "encoders.0.0.weight"
+    old = state[key]
+    if old.shape[1] != 1:
+        raise ValueError(f"only a one-channel U-Net can be widened, this one takes {old.shape[1]} channels")
+    new = old.new_zeros(old.shape[0], in_channels, *old.shape[2:])
+    new[:, in_channels // 2] = old[:, 0]
+    return {**state, key: new}
+
+
 @dataclass(frozen=True)
 class EnsembleConfig:
     """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member.

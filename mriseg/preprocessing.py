@@ -27,12 +27,22 @@ class PreprocessingConfig(DictConfig):
         head_fraction: a pixel belongs to the head when it lies this fraction of the way from the background
             level to the bright end of the slice; statistics are taken over the head only, because the black
             background (half of a typical slice) would otherwise dominate them.
+        context_slices: neighbouring slices on each side fed with a slice as extra input channels ("2.5D"):
+            whether a faint patch is tumour is much clearer when the slices above and below show it too. 0: the
+            slice alone. Where a volume ends, and for a lone 2D image, a slice stands in for its missing
+            neighbours.
     """
 
     grid_size: int = 128
     clip_low: float = 0.5
     clip_high: float = 99.5
     head_fraction: float = 0.1
+    context_slices: int = 0
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model input: the slice and its neighbours on both sides."""
+        return 1 + 2 * self.context_slices
 
 
 def head_mask(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray:
@@ -119,6 +129,21 @@ class ToGrid:
         return square[place.pad_top : place.pad_top + place.height, place.pad_left : place.pad_left + place.width]
 
 
+def stack_context(grid: np.ndarray, context_slices: int) -> np.ndarray:
+    """Each slice of a (S, G, G) stack with its neighbours as channels: (S, 1 + 2 * context_slices, G, G).
+
+    Channel ``context_slices`` is the slice itself, lower channels the slices before it, higher ones those after
+    it. At the ends of the stack the nearest existing slice repeats, so a single slice becomes its own context.
+
+    Example:
+        >>> stack_context(np.arange(3, dtype=np.float32)[:, None, None], 1)[:, :, 0, 0].tolist()
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 2.0]]
+    """
+    offsets = np.arange(-context_slices, context_slices + 1)
+    neighbours = np.clip(np.arange(len(grid))[:, None] + offsets[None, :], 0, len(grid) - 1)
+    return np.ascontiguousarray(grid[neighbours], dtype=np.float32)
+
+
 class Preprocessor:
     """Turns slices into model input and model output back into slice-sized probability maps.
 
@@ -147,6 +172,17 @@ class Preprocessor:
     def volume_to_grid(self, volume: np.ndarray) -> np.ndarray:
         """(S, H, W) slices -> (S, G, G) normalised model input."""
         return np.stack([self.slice_to_grid(image) for image in volume]).astype(np.float32)
+
+    def volume_to_input(self, volume: np.ndarray) -> np.ndarray:
+        """(S, H, W) slices -> (S, C, G, G) model input: normalised grids with their neighbouring slices."""
+        return stack_context(self.volume_to_grid(volume), self.config.context_slices)
+
+    def slice_input(self, volume: np.ndarray, index: int) -> np.ndarray:
+        """(C, G, G) model input of slice ``index`` of a (S, H, W) volume, preparing only the slices it needs."""
+        context = self.config.context_slices
+        start = max(0, index - context)
+        window = self.volume_to_input(volume[start : index + context + 1])
+        return window[index - start]
 
     def grid_to_volume(self, grid_maps: np.ndarray, height: int, width: int) -> np.ndarray:
         """(S, G, G) probabilities -> (S, H, W) at the original resolution."""

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,13 @@ from mriseg.bundle import kept_epoch, load_model, save_bundle
 from mriseg.data import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, resolve_device
 from mriseg.metrics import dice
-from mriseg.model import UNet, UNetConfig, create_model
+from mriseg.model import UNet, UNetConfig, create_model, widen_input
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
 LOG_NAME = "training_log.csv"
 # What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
-LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from")
+LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from", "preprocessing")
 LOG_FIELDS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "learning_rate", "seconds")
 
 
@@ -91,9 +91,32 @@ class IntensityJitter(v2.Transform):
         return inpt * params["scale"] + params["shift"]
 
 
+class ContextJitter(v2.Transform):
+    """For 2.5D input (the slice and its neighbours as channels): reverse the neighbours' order half the time,
+    since volumes arrive top-down or bottom-up, and with probability ``lone`` show the slice alone (its own
+    neighbours), as a single uploaded 2D image reaches the model. Masks pass through untouched.
+    """
+
+    def __init__(self, lone: float = 0.1) -> None:
+        super().__init__()
+        self.lone = lone
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"reverse": random.random() < 0.5, "lone": random.random() < self.lone}
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, tv_tensors.Mask) or inpt.shape[-3] == 1:
+            return inpt
+        if params["lone"]:
+            centre = inpt.shape[-3] // 2
+            return tv_tensors.wrap(inpt[..., centre : centre + 1, :, :].expand_as(inpt).clone(), like=inpt)
+        return tv_tensors.wrap(inpt.flip(-3), like=inpt) if params["reverse"] else inpt
+
+
 def training_augmentation() -> v2.Compose:
-    """Joint image + mask augmentation: mirror, small rotation/scale/shift, intensity jitter."""
+    """Joint image + mask augmentation: neighbour order (2.5D), mirror, small rotation/scale/shift, intensity."""
     return v2.Compose([
+        ContextJitter(),
         v2.RandomHorizontalFlip(),
         v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
         IntensityJitter(),
@@ -101,7 +124,7 @@ def training_augmentation() -> v2.Compose:
 
 
 class SliceDataset(Dataset):
-    """Preprocessed grid slices and their soft masks, augmented on access.
+    """Preprocessed model inputs ((N, C, G, G), or (N, G, G) for one channel) and soft masks, augmented on access.
 
     The image is shifted so its background sits at 0 during the geometric transform, so the corners a
     rotation uncovers get background intensity rather than a mid-grey.
@@ -116,7 +139,8 @@ class SliceDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index][None]
+        image = self.images[index]
+        image = image[None] if image.ndim == 2 else image
         mask = self.masks[index][None]
         if self.augment is not None:
             background = image.min()
@@ -143,7 +167,7 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     images, masks = [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
-        images.append(preprocessor.volume_to_grid(volume))
+        images.append(preprocessor.volume_to_input(volume))
         masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
     return np.concatenate(images), np.concatenate(masks)
 
@@ -225,6 +249,28 @@ def _append_log(path: Path, row: dict) -> None:
         writer.writerow({key: row[key] for key in LOG_FIELDS})
 
 
+def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, source: str) -> dict:
+    """The weights a warm restart starts from: ``initial``'s, checked against the recipe.
+
+    A one-slice U-Net may start a 2.5D run (same network otherwise): its first convolution gets zero weights for
+    the neighbouring slices, so the run starts out predicting exactly what the starting weights did.
+    """
+    if not isinstance(initial, UNet):
+        raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders")
+    architecture = UNetConfig.from_dict(initial_config["architecture"])
+    preprocessing = PreprocessingConfig.from_dict(initial_config["preprocessing"])
+    adds_context = preprocessing.context_slices == 0 < config.preprocessing.context_slices
+    if adds_context:
+        architecture = replace(architecture, in_channels=config.architecture.in_channels)
+        preprocessing = replace(preprocessing, context_slices=config.preprocessing.context_slices)
+    if architecture != config.architecture:
+        raise ValueError(f"{source} has another architecture: {initial_config['architecture']}")
+    if preprocessing != config.preprocessing:
+        raise ValueError(f"{source} was trained with other preprocessing: {initial_config['preprocessing']}")
+    state = initial.state_dict()
+    return widen_input(state, config.architecture.in_channels) if adds_context else state
+
+
 def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, config: TrainConfig = TrainConfig(),
           device: str | None = "auto", resume: bool = False, max_patients: int | None = None,
           init_from: str | Path | None = None) -> dict:
@@ -243,6 +289,10 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             run's epochs are numbered after the epoch those weights come from, its log opens with their history
             and its config records them under ``initialised_from``.
     """
+    context = config.preprocessing.context_slices
+    if config.architecture.in_channels != config.preprocessing.input_channels:
+        raise ValueError(f"the U-Net takes {config.architecture.in_channels} input channels but the preprocessing "
+                         f"makes {config.preprocessing.input_channels} (the slice and {context} on each side)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -277,14 +327,10 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     epoch_offset = 0
     if init_from is not None:
         initial, initial_config = load_model(init_from)
-        if initial_config["architecture"] != config.architecture.to_dict():
-            raise ValueError(f"{init_from} has another architecture: {initial_config['architecture']}")
-        if initial_config["preprocessing"] != config.preprocessing.to_dict():
-            raise ValueError(f"{init_from} was trained with other preprocessing: {initial_config['preprocessing']}")
+        model.load_state_dict(_initial_state(initial, initial_config, config, str(init_from)))
         if initial_config.get("split") != split:
             raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
                              "leak into training or stop being unseen")
-        model.load_state_dict(initial.state_dict())
         epoch_offset = kept_epoch(initial_config)
         recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
         if not resuming:

@@ -49,3 +49,16 @@ def test_feature_maps_have_the_layer_shapes(segmenter):
 def test_feature_maps_leave_the_shared_model_without_hooks(segmenter):
     feature_maps(segmenter, np.random.default_rng(0).random((64, 64)).astype(np.float32))
     assert all(not module._forward_hooks for module in segmenter.model.modules())
+
+
+def test_feature_maps_of_a_2_5d_model_see_the_slice_with_its_neighbours():
+    from mriseg.inference import Segmenter
+    from mriseg.preprocessing import PreprocessingConfig
+
+    model = create_model(UNetConfig(in_channels=3, base_width=4, depth=2))
+    segmenter = Segmenter(model, PreprocessingConfig(grid_size=64, context_slices=1), device="cpu")
+    volume = np.random.default_rng(0).random((4, 80, 80)).astype(np.float32)
+    first, last = feature_maps(segmenter, volume, 0), feature_maps(segmenter, volume, 3)
+    assert first.maps["encoder 1"].shape == (4, 64, 64)
+    assert not np.allclose(first.maps["encoder 1"], last.maps["encoder 1"])
+    assert feature_maps(segmenter, volume[0]).maps["decoder 1"].shape == (4, 64, 64)  # a lone 2D slice

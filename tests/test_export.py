@@ -7,6 +7,7 @@ ones that made the weights.
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from mriseg.averaging import average_epochs
@@ -90,3 +91,35 @@ def test_average_command_rejects_a_bad_range(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["average", "--run", "r", "--data", "d", "--epochs", "late"])
     assert "not a list of epochs like 55-67" in capsys.readouterr().err
+
+
+def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    tiny = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1)
+    flat = TrainConfig(epochs=2, architecture=UNetConfig(base_width=4, depth=2),
+                       preprocessing=PreprocessingConfig(grid_size=64), **tiny)
+    train(kaggle_folder, tmp_path / "stage1", split, flat, device="cpu")
+    export_run(tmp_path / "stage1", kaggle_folder, tmp_path / "stage1" / "weights", device="cpu")
+
+    context = TrainConfig(epochs=2, architecture=UNetConfig(in_channels=3, base_width=4, depth=2),
+                          preprocessing=PreprocessingConfig(grid_size=64, context_slices=1), **tiny)
+    train(kaggle_folder, tmp_path / "stage2", split, context, device="cpu", init_from=tmp_path / "stage1" / "weights")
+    export_run(tmp_path / "stage2", kaggle_folder, tmp_path / "shipped", device="cpu")
+
+    shipped = read_config(tmp_path / "shipped")
+    assert shipped["preprocessing"]["context_slices"] == 1 and shipped["architecture"]["in_channels"] == 3
+    assert shipped["initialised_from"]["preprocessing"].get("context_slices", 0) == 0
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "widened to see 1 neighbouring slice on each side" in card
+    assert "the FLAIR slice with 1 neighbouring slice above and below" in card
+    first, second = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
+    assert "--context" not in first and "--context 1" in second
+    # A lone 2D image still gets a prediction (it is its own context) at its own size.
+    segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
+    assert segmenter.predict(np.ones((70, 90), np.float32) * np.arange(90)).mean.shape == (1, 70, 90)
+
+    # Back from 2.5D to one slice is not a warm restart.
+    with pytest.raises(ValueError, match="another architecture"):
+        train(kaggle_folder, tmp_path / "stage3", split, flat, device="cpu", init_from=tmp_path / "shipped")

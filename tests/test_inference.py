@@ -40,12 +40,12 @@ def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
     volume, _ = load_sample(slice_samples[0])
     result = segmenter.predict(volume.pixels, tta=True)
     # The two views by hand, on the model grid: their population std is |a - b| / 2.
-    grid = torch.from_numpy(segmenter.preprocessor.volume_to_grid(volume.pixels))[:, None]
+    grid = torch.from_numpy(segmenter.preprocessor.volume_to_input(volume.pixels))
     with torch.inference_mode():
         plain = torch.sigmoid(segmenter.model(grid.contiguous(memory_format=segmenter.memory_format)))
         mirrored = torch.sigmoid(segmenter.model(grid.flip(-1).contiguous(memory_format=segmenter.memory_format)))
     expected = (plain - mirrored.flip(-1)).abs()[:, 0].numpy() / 2
-    _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_grid(volume.pixels), tta=True)
+    _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_input(volume.pixels), tta=True)
     np.testing.assert_allclose(std, expected, atol=1e-5)
     agree = expected < 1e-7
     assert agree.any() and np.all(std[agree] < 1e-5)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mriseg.model import EnsembleConfig, UNet, UNetConfig, UNetEnsemble, create_model, unet_members
+from mriseg.model import EnsembleConfig, UNet, UNetConfig, UNetEnsemble, create_model, unet_members, widen_input
 
 
 class BaseUNetTest:
@@ -71,3 +71,17 @@ def test_ensemble_config_round_trips_through_a_dict():
 def test_an_ensemble_of_one_is_refused():
     with pytest.raises(ValueError, match="at least two"):
         UNetEnsemble([create_model(UNetConfig(base_width=4, depth=2))])
+
+
+def test_widened_unet_starts_as_the_one_slice_unet():
+    torch.manual_seed(0)
+    narrow = create_model(UNetConfig(base_width=4, depth=2)).eval()
+    wide = create_model(UNetConfig(in_channels=3, base_width=4, depth=2)).eval()
+    wide.load_state_dict(widen_input(narrow.state_dict(), 3))
+    centre = torch.randn(2, 1, 32, 32)
+    neighbours = torch.randn(2, 2, 32, 32)  # whatever the neighbours hold, they start with no say
+    with torch.inference_mode():
+        assert torch.allclose(wide(torch.cat([neighbours[:, :1], centre, neighbours[:, 1:]], 1)), narrow(centre),
+                              atol=1e-6)
+    with pytest.raises(ValueError, match="only a one-channel U-Net"):
+        widen_input(wide.state_dict(), 5)

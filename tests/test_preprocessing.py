@@ -6,7 +6,7 @@ from conftest import SAMPLES, head_phantom, make_dicom
 
 from mriseg.io import read_mask, read_volume
 from mriseg.metrics import dice
-from mriseg.preprocessing import PreprocessingConfig, Preprocessor, RobustNormalize, ToGrid
+from mriseg.preprocessing import PreprocessingConfig, Preprocessor, RobustNormalize, ToGrid, stack_context
 
 
 def test_normalisation_ignores_intensity_scale_and_offset():
@@ -57,3 +57,26 @@ def test_png_and_rescaled_16bit_dicom_give_the_same_mask(segmenter, slice_sample
     truth = read_mask((SAMPLES / entry["mask"]).read_bytes(), entry["mask"])
     assert png_mask.sum() > 0.3 * truth.sum(), "the model should find this large tumour"
     assert dice(png_mask, dicom_mask) >= 0.95
+
+
+def test_context_stacks_neighbours_and_repeats_at_the_ends():
+    grid = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((1, 8, 8), np.float32)
+    stacked = stack_context(grid, 2)
+    assert stacked.shape == (4, 5, 8, 8)
+    assert stacked[:, :, 0, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]]
+    assert stack_context(grid[:1], 1)[0, :, 0, 0].tolist() == [0, 0, 0]  # a lone slice is its own context
+    assert stack_context(grid, 0).shape == (4, 1, 8, 8)
+
+
+def test_slice_input_matches_the_whole_volume_input():
+    volume = np.stack([head_phantom(96, seed=seed) for seed in range(5)])
+    preprocessor = Preprocessor(PreprocessingConfig(grid_size=64, context_slices=1))
+    whole = preprocessor.volume_to_input(volume)
+    assert whole.shape == (5, 3, 64, 64)
+    for index in (0, 2, 4):
+        np.testing.assert_array_equal(preprocessor.slice_input(volume, index), whole[index])
+
+
+def test_configs_from_before_context_read_as_one_slice():
+    config = PreprocessingConfig.from_dict({"grid_size": 128, "clip_low": 0.5, "clip_high": 99.5, "head_fraction": 0.1})
+    assert config.context_slices == 0 and config.input_channels == 1

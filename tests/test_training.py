@@ -1,17 +1,20 @@
 """Training: loss goes down on real slices, checkpoints resume, the best epoch becomes a weights folder."""
 
 import json
+import random
 
 import numpy as np
 import pytest
 import torch
 from conftest import SAMPLES
+from torchvision import tv_tensors
 
 from mriseg.bundle import load_segmenter
 from mriseg.io import read_image_file, read_mask_file
 from mriseg.model import UNetConfig, create_model
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 from mriseg.training import (
+    ContextJitter,
     SliceDataset,
     TrainConfig,
     bce_dice_loss,
@@ -122,3 +125,24 @@ def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_sampl
     wider = TrainConfig(**{**config.__dict__, "architecture": UNetConfig(base_width=8, depth=2)})
     with pytest.raises(ValueError, match="another architecture"):
         train(kaggle_folder, tmp_path / "third", split, wider, device="cpu", init_from=first)
+
+
+def test_context_jitter_reverses_neighbours_or_shows_the_slice_alone():
+    image = tv_tensors.Image(torch.arange(3, dtype=torch.float32)[:, None, None].expand(3, 4, 4).clone())
+    mask = tv_tensors.Mask(torch.ones(1, 4, 4))
+    seen = set()
+    for seed in range(40):
+        random.seed(seed)
+        out, out_mask = ContextJitter(lone=0.3)(image, mask)
+        seen.add(tuple(out[:, 0, 0].tolist()))
+        assert torch.equal(out_mask, mask)
+    assert seen == {(0.0, 1.0, 2.0), (2.0, 1.0, 0.0), (1.0, 1.0, 1.0)}
+    single = tv_tensors.Image(torch.zeros(1, 4, 4))
+    assert ContextJitter(lone=1.0)(single).shape == (1, 4, 4)
+
+
+def test_channels_must_match_the_context(kaggle_folder, tmp_path):
+    config = TrainConfig(architecture=UNetConfig(base_width=4, depth=2),
+                         preprocessing=PreprocessingConfig(grid_size=64, context_slices=1))
+    with pytest.raises(ValueError, match="takes 1 input channels but the preprocessing makes 3"):
+        train(kaggle_folder, tmp_path / "run", tmp_path / "split.json", config, device="cpu")
