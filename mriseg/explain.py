@@ -141,8 +141,8 @@ def feature_maps(segmenter: Segmenter, volume: np.ndarray, index: int = 0, membe
         encoder.register_forward_hook(keep(f"encoder {level + 1}"))
     model.bottleneck.register_forward_hook(keep("bottleneck"))
     depth = model.config.depth
-    for index, decoder in enumerate(model.decoders):
-        level = depth - index
+    for position, decoder in enumerate(model.decoders):
+        level = depth - position
         decoder.up.register_forward_hook(keep(f"decoder {level}: up-sampled"))
         decoder.register_forward_hook(keep(f"decoder {level}"))
     volume = np.asarray(volume, dtype=np.float32)
