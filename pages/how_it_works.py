@@ -22,6 +22,14 @@ st.markdown(
     "decoder level the encoder's sharp, high-resolution features, so the outline comes out crisp. Everything "
     "below is read from the loaded model, not written by hand."
 )
+context = segmenter.preprocessor.config.context_slices
+if context:
+    st.markdown(
+        f"This U-Net reads each slice together with the **{context} slice{'s' * (context > 1)} above and below** "
+        f"it, stacked as {1 + 2 * context} input channels (\"2.5D\"). A radiologist scrolls up and down to decide "
+        "whether a faint bright patch is tumour; the neighbours give the model the same hint. A single uploaded "
+        "image is used as its own neighbours."
+    )
 member = 0
 if len(unets) > 1:
     st.markdown(
