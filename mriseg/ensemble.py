@@ -1,7 +1,8 @@
 """Combine separately trained U-Nets into one ensemble weights folder.
 
 Each member is a weights folder written by ``export`` (its config and training log travel with it). The
-members must share the preprocessing (their probabilities are averaged on one grid) and the patient split
+members must share the preprocessing (their probabilities are averaged on one grid; a one-slice U-Net may join
+2.5D members, widened so that it ignores the neighbouring slices) and the patient split
 (otherwise one member's training patients would sit among the others' validation patients and inflate the
 validation numbers). The ensemble is then tuned and scored on those validation patients like a single model.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from mriseg.bundle import load_model, recipe_of
 from mriseg.errors import InputError
 from mriseg.export import export_model
-from mriseg.model import UNet, UNetEnsemble
+from mriseg.model import UNet, UNetEnsemble, create_model, widen_input
+from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import LOG_FIELDS, LOG_NAME
 
 MEMBER_COLUMN = "member"
@@ -47,19 +50,33 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
             raise InputError(f"{folder} has no {LOG_NAME}: export the run first (python -m mriseg export)")
         models.append(model)
         configs.append(config)
-    first = configs[0]
-    for folder, config in zip(folders[1:], configs[1:], strict=True):
-        if config["preprocessing"] != first["preprocessing"]:
+    preprocessings = [PreprocessingConfig.from_dict(config["preprocessing"]) for config in configs]
+    # Members may differ in context: a one-slice U-Net joins 2.5D ones widened (exactly: it ignores neighbours).
+    context = max(preprocessing.context_slices for preprocessing in preprocessings)
+    shared = replace(preprocessings[0], context_slices=context)
+    members, ready = [], []
+    for folder, model, config, preprocessing in zip(folders, models, configs, preprocessings, strict=True):
+        widened = preprocessing.context_slices == 0 < context
+        if replace(preprocessing, context_slices=context) != shared or (
+                preprocessing.context_slices not in (0, context)):
             raise ValueError(f"{folder} uses other preprocessing than {folders[0]} ({config['preprocessing']} vs "
-                             f"{first['preprocessing']}): ensemble members must see the same input grid")
-        if config.get("split") != first.get("split"):
+                             f"{configs[0]['preprocessing']}): ensemble members must see the same input grid")
+        if config.get("split") != configs[0].get("split"):
             raise ValueError(f"{folder} was trained on another patient split than {folders[0]}: one member's "
                              "training patients would be among the validation patients that score the ensemble")
-    members = [dict(recipe_of(config, drop=MEMBER_DROP), architecture=config["architecture"],
-                    preprocessing=config["preprocessing"]) for config in configs]
-    config = {"split": first["split"], "data": first.get("data"), "members": members,
-              "preprocessing": first["preprocessing"]}
-    return UNetEnsemble(models), config, merged_log(folders)
+        architecture = model.config
+        if widened:
+            architecture = replace(architecture, in_channels=shared.input_channels)
+            state = widen_input(model.state_dict(), shared.input_channels)
+            model = create_model(architecture)
+            model.load_state_dict(state)
+        ready.append(model)
+        members.append(dict(recipe_of(config, drop=MEMBER_DROP), architecture=architecture.to_dict(),
+                            preprocessing=shared.to_dict(), trained_preprocessing=config["preprocessing"],
+                            widened_to_context=widened))
+    config = {"split": configs[0]["split"], "data": configs[0].get("data"), "members": members,
+              "preprocessing": shared.to_dict()}
+    return UNetEnsemble(ready), config, merged_log(folders)
 
 
 def merged_log(folders: Sequence[str | Path]) -> str:

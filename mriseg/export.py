@@ -95,7 +95,9 @@ def model_card(config: dict, report: dict) -> str:
         stages_text, reproduce = describe_stages(stages), reproduce_commands(stages, config)
     else:
         stages_text = "\n".join(
-            f"  - U-Net {number} (seed {member['training']['seed']}):\n"
+            f"  - U-Net {number} (seed {member['training']['seed']}"
+            + (", trained on single slices; in the ensemble its weights for the neighbouring slices are zero"
+               if member.get("widened_to_context") else "") + "):\n"
             + describe_stages(training_stages(member)).replace("  - ", "    - ")
             for number, member in enumerate(members, start=1))
         reproduce = "\n".join(
@@ -184,6 +186,11 @@ def context_of(preprocessing: dict | None) -> int:
     return int((preprocessing or {}).get("context_slices", 0))
 
 
+def trained_preprocessing(stage: dict) -> dict | None:
+    """The preprocessing a stage was trained with (an ensemble member widened to 2.5D records its own)."""
+    return stage.get("trained_preprocessing") or stage.get("preprocessing")
+
+
 def describe_input(preprocessing: dict) -> str:
     context = context_of(preprocessing)
     if context == 0:
@@ -232,7 +239,7 @@ def describe_stages(stages: list[dict]) -> str:
         training = stage["training"]
         last_epoch = first_epoch + training["epochs"] - 1
         start = "from scratch" if number == 1 else f"warm restart from the weights of stage {number - 1}"
-        added = context_of(stage.get("preprocessing")) - context_of(stages[number - 2].get("preprocessing"))
+        added = context_of(trained_preprocessing(stage)) - context_of(trained_preprocessing(stages[number - 2]))
         if number > 1 and added > 0:
             start += f", widened to see {added} neighbouring slice{'s' * (added > 1)} on each side"
         if stage.get("averaged_epochs"):
@@ -251,7 +258,7 @@ def describe_stages(stages: list[dict]) -> str:
 def train_options(stage: dict, model: dict) -> str:
     """The ``train`` flags, beyond epochs and learning rate, that differ from the defaults for this stage."""
     training, arch = stage["training"], model["architecture"]
-    preprocessing = stage.get("preprocessing", model["preprocessing"])
+    preprocessing = trained_preprocessing(stage) or trained_preprocessing(model)
     options = [f"--{name} {value}" for name, value, default in (
         ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", preprocessing["grid_size"], 128),
         ("context", context_of(preprocessing), 0),

@@ -94,3 +94,31 @@ def test_members_must_be_exported_single_unets(members, tmp_path):
         combine([bare, folders[1]])
     with pytest.raises(ValueError, match="at least two"):
         combine([folders[0]])
+
+
+def test_a_one_slice_member_joins_a_2_5d_member_widened(members, kaggle_folder, tmp_path, slice_samples):
+    folders, split = members
+    context_run = tmp_path / "context"
+    config = TrainConfig(epochs=2, seed=2, architecture=UNetConfig(in_channels=3, base_width=4, depth=2),
+                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=64, context_slices=1)))
+    train(kaggle_folder, context_run, split, config, device="cpu", init_from=folders[0])
+    export_run(context_run, kaggle_folder, context_run / "weights", device="cpu")
+
+    model, config, _ = combine([folders[1], context_run / "weights"])
+    assert config["preprocessing"]["context_slices"] == 1
+    assert [m["widened_to_context"] for m in config["members"]] == [True, False]
+    assert config["members"][0]["trained_preprocessing"].get("context_slices", 0) == 0
+
+    # Widening is exact: the ensemble predicts the mean of the one-slice member and the 2.5D member.
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", str(folders[1]), str(context_run / "weights"), "--data",
+                 str(kaggle_folder), "--out", str(out), "--device", "cpu"]) == 0
+    volume = np.stack([read_image_file(SAMPLES / e["image"]) for e in slice_samples[:3]])
+    expected = np.mean([load_segmenter(folder, device="cpu").predict(volume).mean
+                        for folder in (folders[1], context_run / "weights")], axis=0)
+    assert np.allclose(load_segmenter(out, device="cpu").predict(volume).mean, expected, atol=1e-3)
+    card = (out / "README.md").read_text()
+    assert "trained on single slices; in the ensemble its weights for the neighbouring slices are zero" in card
+    commands = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
+    assert "--context" not in commands[0]
+    assert "--context 1 --batch-size 2 --seed 2 --init runs/unet2-stage1" in " ".join(commands)
