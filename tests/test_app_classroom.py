@@ -15,6 +15,7 @@ from test_app import expected_mask, metric, open_sample, start
 from mriseg.case import load_sample, sample_index
 from mriseg.explain import describe
 from mriseg.metrics import dice
+from mriseg.model import unet_members
 from mriseg.postprocessing import binarize
 from mriseg.visualize import near_threshold
 
@@ -31,7 +32,7 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     at = open_sample(start(), entry_of("large")["image"])
     at.switch_page("pages/how_it_works.py").run()
     assert not at.exception, at.exception
-    stages = describe(segmenter.model, segmenter.preprocessor.config.grid_size)
+    stages = describe(unet_members(segmenter.model)[0], segmenter.preprocessor.config.grid_size)
     table = at.dataframe[0].value
     assert list(table["stage"]) == [s.name for s in stages]
     assert list(table["parameters"]) == [s.parameters for s in stages]
