@@ -12,6 +12,7 @@ from mriseg import webapp
 from mriseg.bundle import kept_epoch, member_configs
 from mriseg.case import threshold_curve
 from mriseg.ensemble import log_by_member
+from mriseg.export import optional
 
 
 def single_curves(curves: go.Figure, rows: list[dict], config: dict) -> None:
@@ -102,8 +103,9 @@ st.markdown(
 cards = st.columns(4)
 cards[0].metric("Per-volume Dice, mean", f"{report['per_volume_dice']['mean']:.3f}")
 cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median']:.3f}")
-cards[2].metric("Dice on slices with tumour", f"{report['positive_slice_dice']:.3f}")
-cards[3].metric("False positives on empty slices", f"{report['empty_slice_fp_rate']:.1%}")
+# Undefined where the validation set has no such slices: "n/a", as in the model card.
+cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
+cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
 
 left, right = st.columns(2)
 patients = report["patients"]

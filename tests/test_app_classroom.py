@@ -111,11 +111,30 @@ def test_volume_reformats_and_slice_chart(segmenter):
     assert chart["data"][0]["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()
 
 
+def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
+    """The app, run once, with ``folder`` published as the configured Hub repo in a hand-built offline HF cache."""
+    from huggingface_hub import constants
+    from test_weights import COMMIT, REPO, build_hf_cache
+
+    from mriseg import webapp
+
+    cache = tmp_path / "hub"
+    build_hf_cache(cache, [folder / name for name in ("config.json", "model.safetensors", "training_log.csv",
+                                                      "evaluation.json")])
+    monkeypatch.setenv("MRISEG_HF_REPO", REPO)
+    monkeypatch.setenv("MRISEG_HF_REVISION", COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    webapp.load_model.clear()
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    return at
+
+
 def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypatch, slice_samples):
     """Weights from a (hand-built, offline) HF cache that were warm-restarted, averaged and tuned with TTA:
     the training curves mark the restart and the averaged epochs, and the uncertainty toggle starts on."""
-    from huggingface_hub import constants
-    from test_weights import COMMIT, REPO, build_hf_cache
+    from test_weights import REPO
 
     from mriseg import webapp
 
@@ -126,17 +145,8 @@ def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypa
                   tta_default=True)
     config.pop("best_epoch", None)
     (staged / "config.json").write_text(json.dumps(config))
-    cache = tmp_path / "hub"
-    build_hf_cache(cache, [staged / name for name in ("config.json", "model.safetensors", "training_log.csv",
-                                                      "evaluation.json")])
-    monkeypatch.setenv("MRISEG_HF_REPO", REPO)
-    monkeypatch.setenv("MRISEG_HF_REVISION", COMMIT)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    webapp.load_model.clear()
     try:
-        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
-        at.run()
+        at = serve_from_hub_cache(staged, tmp_path, monkeypatch)
         assert at.toggle(key="tta").value is True
         assert any("hf-cache" in c.value or REPO in c.value for c in at.caption), [c.value for c in at.caption]
         open_sample(at, slice_samples[0]["image"])

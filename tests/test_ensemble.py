@@ -122,3 +122,36 @@ def test_a_one_slice_member_joins_a_2_5d_member_widened(members, kaggle_folder, 
     commands = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
     assert "--context" not in commands[0]
     assert "--context 1 --batch-size 2 --seed 2 --init runs/unet2-stage1" in " ".join(commands)
+
+
+def test_the_app_shows_each_member_of_a_served_ensemble(members, kaggle_folder, tmp_path, monkeypatch,
+                                                         slice_samples):
+    from test_app import open_sample
+    from test_app_classroom import serve_from_hub_cache
+
+    from mriseg import webapp
+    from mriseg.explain import describe
+    from mriseg.model import unet_members
+
+    folders, _ = members
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", *map(str, folders), "--data", str(kaggle_folder), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    second = unet_members(load_segmenter(out, device="cpu").model)[1]
+    try:
+        at = open_sample(serve_from_hub_cache(out, tmp_path, monkeypatch), slice_samples[0]["image"])
+        at.switch_page("pages/how_it_works.py").run()
+        assert not at.exception, at.exception
+        assert any("ensemble of 2 U-Nets" in m.value for m in at.markdown)
+        at.radio(key="ensemble_member").set_value(1).run()
+        assert list(at.dataframe[0].value["parameters"]) == [s.parameters for s in describe(second, 64)]
+        assert any("**output**" in m.value or "merged output" in m.value for m in at.markdown)
+
+        at.switch_page("pages/metrics.py").run()
+        assert not at.exception, at.exception
+        curves = next(chart for chart in at.get("plotly_chart") if "Training curves" in chart.proto.spec)
+        kept = read_config(out)["members"][1]["best_epoch"]
+        assert "U-Net 1: validation per-volume Dice" in curves.proto.spec
+        assert f"U-Net 2: kept epoch {kept}" in curves.proto.spec
+    finally:
+        webapp.load_model.clear()
