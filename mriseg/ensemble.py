@@ -18,7 +18,7 @@ from pathlib import Path
 from mriseg.bundle import load_model, recipe_of
 from mriseg.errors import InputError
 from mriseg.export import export_model
-from mriseg.model import UNet, UNetEnsemble, create_model, widen_input
+from mriseg.model import UNet, UNetEnsemble, widen_input
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import LOG_FIELDS, LOG_NAME
 
@@ -56,22 +56,17 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
     shared = replace(preprocessings[0], context_slices=context)
     members, ready = [], []
     for folder, model, config, preprocessing in zip(folders, models, configs, preprocessings, strict=True):
-        widened = preprocessing.context_slices == 0 < context
-        if replace(preprocessing, context_slices=context) != shared or (
-                preprocessing.context_slices not in (0, context)):
+        if preprocessing.context_slices not in (0, context) or replace(preprocessing, context_slices=context) != shared:
             raise ValueError(f"{folder} uses other preprocessing than {folders[0]} ({config['preprocessing']} vs "
                              f"{configs[0]['preprocessing']}): ensemble members must see the same input grid")
         if config.get("split") != configs[0].get("split"):
             raise ValueError(f"{folder} was trained on another patient split than {folders[0]}: one member's "
                              "training patients would be among the validation patients that score the ensemble")
-        architecture = model.config
+        widened = preprocessing.context_slices < context
         if widened:
-            architecture = replace(architecture, in_channels=shared.input_channels)
-            state = widen_input(model.state_dict(), shared.input_channels)
-            model = create_model(architecture)
-            model.load_state_dict(state)
+            model = widen_input(model, shared.input_channels)
         ready.append(model)
-        members.append(dict(recipe_of(config, drop=MEMBER_DROP), architecture=architecture.to_dict(),
+        members.append(dict(recipe_of(config, drop=MEMBER_DROP), architecture=model.config.to_dict(),
                             preprocessing=shared.to_dict(), trained_preprocessing=config["preprocessing"],
                             widened_to_context=widened))
     config = {"split": configs[0]["split"], "data": configs[0].get("data"), "members": members,

@@ -183,7 +183,7 @@ python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 
 def context_of(preprocessing: dict | None) -> int:
     """Neighbouring slices on each side in the input (configs from before 2.5D input have none)."""
-    return int((preprocessing or {}).get("context_slices", 0))
+    return PreprocessingConfig.from_dict(preprocessing or {}).context_slices
 
 
 def trained_preprocessing(stage: dict) -> dict | None:

@@ -8,7 +8,7 @@ up-sample with ConvTranspose2d, concatenate the matching encoder output (the ski
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -113,20 +113,23 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
-    """A one-channel U-Net's weights for ``in_channels`` channels whose centre channel is the old input.
+def widen_input(model: UNet, in_channels: int) -> UNet:
+    """A copy of a one-channel U-Net taking ``in_channels`` channels, whose centre channel is the old input.
 
     The new channels (neighbouring slices, see ``PreprocessingConfig.context_slices``) start with zero weights,
-    so the widened network first computes exactly what the old one did; training then learns how much the
+    so the widened network computes exactly what the old one did; training can then learn how much the
     neighbours should count.
     """
+    if model.config.in_channels != 1:
+        raise ValueError(f"only a one-channel U-Net can be widened, this one takes {model.config.in_channels} channels")
+    state = model.state_dict()
     key = "encoders.0.0.weight"
     old = state[key]
-    if old.shape[1] != 1:
-        raise ValueError(f"only a one-channel U-Net can be widened, this one takes {old.shape[1]} channels")
-    new = old.new_zeros(old.shape[0], in_channels, *old.shape[2:])
-    new[:, in_channels // 2] = old[:, 0]
-    return {**state, key: new}
+    state[key] = old.new_zeros(old.shape[0], in_channels, *old.shape[2:])
+    state[key][:, in_channels // 2] = old[:, 0]
+    widened = UNet(replace(model.config, in_channels=in_channels))
+    widened.load_state_dict(state)
+    return widened
 
 
 @dataclass(frozen=True)

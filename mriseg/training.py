@@ -257,18 +257,17 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
     """
     if not isinstance(initial, UNet):
         raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders")
-    architecture = UNetConfig.from_dict(initial_config["architecture"])
     preprocessing = PreprocessingConfig.from_dict(initial_config["preprocessing"])
-    adds_context = preprocessing.context_slices == 0 < config.preprocessing.context_slices
+    adds_context = preprocessing.context_slices == 0 < config.preprocessing.context_slices and (
+        initial.config.in_channels == 1)
     if adds_context:
-        architecture = replace(architecture, in_channels=config.architecture.in_channels)
+        initial = widen_input(initial, config.architecture.in_channels)
         preprocessing = replace(preprocessing, context_slices=config.preprocessing.context_slices)
-    if architecture != config.architecture:
+    if initial.config != config.architecture:
         raise ValueError(f"{source} has another architecture: {initial_config['architecture']}")
     if preprocessing != config.preprocessing:
         raise ValueError(f"{source} was trained with other preprocessing: {initial_config['preprocessing']}")
-    state = initial.state_dict()
-    return widen_input(state, config.architecture.in_channels) if adds_context else state
+    return initial.state_dict()
 
 
 def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, config: TrainConfig = TrainConfig(),

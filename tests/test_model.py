@@ -76,12 +76,12 @@ def test_an_ensemble_of_one_is_refused():
 def test_widened_unet_starts_as_the_one_slice_unet():
     torch.manual_seed(0)
     narrow = create_model(UNetConfig(base_width=4, depth=2)).eval()
-    wide = create_model(UNetConfig(in_channels=3, base_width=4, depth=2)).eval()
-    wide.load_state_dict(widen_input(narrow.state_dict(), 3))
+    wide = widen_input(narrow, 3).eval()
+    assert wide.config == UNetConfig(in_channels=3, base_width=4, depth=2)
     centre = torch.randn(2, 1, 32, 32)
     neighbours = torch.randn(2, 2, 32, 32)  # whatever the neighbours hold, they start with no say
     with torch.inference_mode():
         assert torch.allclose(wide(torch.cat([neighbours[:, :1], centre, neighbours[:, 1:]], 1)), narrow(centre),
                               atol=1e-6)
     with pytest.raises(ValueError, match="only a one-channel U-Net"):
-        widen_input(wide.state_dict(), 5)
+        widen_input(wide, 5)
