@@ -24,6 +24,7 @@ def _train(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         seed=args.seed,
         bf16=not args.fp32,
+        augmentation=args.augmentation,
         architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
         preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
     )
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--fp32", action="store_true",
                        help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
+    train.add_argument("--augmentation", choices=("standard", "strong"), default="standard",
+                       help="strong: also gamma, blur, noise and wider rotation/scale")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")

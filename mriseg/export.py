@@ -106,6 +106,8 @@ def model_card(config: dict, report: dict) -> str:
             for number, member in enumerate(members, start=1))
         folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
         reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
+    strong_note = ("; stages marked *strong augmentation* also had gamma, blur and noise, rotation ±15° and scale "
+                   "0.8-1.2" if "*strong augmentation*" in stages_text else "")
     return f"""---
 license: cc-by-nc-sa-4.0
 library_name: pytorch
@@ -143,7 +145,7 @@ It powers the **mriseg** teaching app.
 - Recipe: BCE + soft Dice loss, AdamW (cosine decay after a short warm-up, weight decay
   {training['weight_decay']}), batch {training['batch_size']}, half of the sampled slices with tumour;
   augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror, rotation ±10°,
-  scale 0.9-1.1, shift, intensity jitter); seed {seeds}. Epochs and weights were chosen by validation
+  scale 0.9-1.1, shift, intensity jitter{strong_note}); seed {seeds}. Epochs and weights were chosen by validation
   per-volume Dice:
 {stages_text}
 - The per-epoch log of the whole history is `training_log.csv`.
@@ -248,8 +250,9 @@ def describe_stages(stages: list[dict]) -> str:
                     "statistics measured again on training slices)")
         else:
             kept = f"best epoch {stage.get('best_epoch')}"
+        strong = ", *strong augmentation*" if training.get("augmentation") == "strong" else ""
         lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
-                     f"{training['learning_rate']}; kept {kept}.")
+                     f"{training['learning_rate']}{strong}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
         first_epoch = kept_epoch(stage) + 1
     return "\n".join(lines)
@@ -262,7 +265,9 @@ def train_options(stage: dict, model: dict) -> str:
     options = [f"--{name} {value}" for name, value, default in (
         ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", preprocessing["grid_size"], 128),
         ("context", context_of(preprocessing), 0),
-        ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0)) if value != default]
+        ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0),
+        # runs from before the strong recipe existed record no augmentation
+        ("augmentation", training.get("augmentation", "standard"), "standard")) if value != default]
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")
     return "".join(f" {option}" for option in options)

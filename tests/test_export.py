@@ -104,7 +104,8 @@ def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice
     export_run(tmp_path / "stage1", kaggle_folder, tmp_path / "stage1" / "weights", device="cpu")
 
     context = TrainConfig(epochs=2, architecture=UNetConfig(in_channels=3, base_width=4, depth=2),
-                          preprocessing=PreprocessingConfig(grid_size=64, context_slices=1), **tiny)
+                          preprocessing=PreprocessingConfig(grid_size=64, context_slices=1), augmentation="strong",
+                          **tiny)
     train(kaggle_folder, tmp_path / "stage2", split, context, device="cpu", init_from=tmp_path / "stage1" / "weights")
     export_run(tmp_path / "stage2", kaggle_folder, tmp_path / "shipped", device="cpu")
 
@@ -116,6 +117,8 @@ def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice
     assert "the FLAIR slice with 1 neighbouring slice above and below" in card
     first, second = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
     assert "--context" not in first and "--context 1" in second
+    assert "--augmentation" not in first and "--augmentation strong" in second
+    assert "*strong augmentation*; kept" in card and "also had gamma, blur and noise" in card
     # A lone 2D image still gets a prediction (it is its own context) at its own size.
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
     assert segmenter.predict(np.ones((70, 90), np.float32) * np.arange(90)).mean.shape == (1, 70, 90)

@@ -15,6 +15,7 @@ from mriseg.model import UNetConfig, create_model
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 from mriseg.training import (
     ContextJitter,
+    RandomGamma,
     SliceDataset,
     TrainConfig,
     bce_dice_loss,
@@ -54,16 +55,33 @@ def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples, bf16):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
-def test_augmentation_moves_image_and_mask_together(slice_samples):
+@pytest.mark.parametrize("strength", ["standard", "strong"])
+def test_augmentation_moves_image_and_mask_together(slice_samples, strength):
     images, masks = sample_tensors(slice_samples[:1], grid=128)
     torch.manual_seed(3)
-    dataset = SliceDataset(images, (masks > 0.5).astype(np.float32), training_augmentation())
-    for _ in range(5):
+    random.seed(3)
+    dataset = SliceDataset(images, (masks > 0.5).astype(np.float32), training_augmentation(strength))
+    for _ in range(8):
         image, mask = dataset[0]
         assert image.shape == mask.shape == (1, 128, 128)
         assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
         # tumour is bright on FLAIR: the augmented mask must still cover bright pixels of the augmented image
         assert image[mask > 0].mean() > image[mask == 0].mean() + 0.5
+
+
+def test_gamma_keeps_the_range_and_order_of_intensities():
+    image = tv_tensors.Image(torch.linspace(-1.0, 4.0, 64).reshape(1, 8, 8))
+    mask = tv_tensors.Mask(torch.ones(1, 8, 8))
+    for _ in range(10):
+        out, same_mask = RandomGamma(p=1.0)(image, mask)
+        assert torch.allclose(out.amin(), image.amin()) and torch.allclose(out.amax(), image.amax())
+        assert (out.flatten().diff() > 0).all()
+        assert torch.equal(same_mask, mask)
+
+
+def test_unknown_augmentation_is_named():
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        training_augmentation("heavy")
 
 
 def test_loss_is_small_for_a_perfect_prediction():
