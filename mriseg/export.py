@@ -188,6 +188,11 @@ def context_of(preprocessing: dict | None) -> int:
     return PreprocessingConfig.from_dict(preprocessing or {}).context_slices
 
 
+def grid_of(preprocessing: dict | None) -> int:
+    """Side of the model grid a stage saw."""
+    return PreprocessingConfig.from_dict(preprocessing or {}).grid_size
+
+
 def trained_preprocessing(stage: dict) -> dict | None:
     """The preprocessing a stage was trained with (an ensemble member widened to 2.5D records its own)."""
     return stage.get("trained_preprocessing") or stage.get("preprocessing")
@@ -244,6 +249,9 @@ def describe_stages(stages: list[dict]) -> str:
         added = context_of(trained_preprocessing(stage)) - context_of(trained_preprocessing(stages[number - 2]))
         if number > 1 and added > 0:
             start += f", widened to see {added} neighbouring slice{'s' * (added > 1)} on each side"
+        grid = grid_of(trained_preprocessing(stage))
+        if number > 1 and grid != grid_of(trained_preprocessing(stages[number - 2])):
+            start += f", moved to the {grid}x{grid} grid"
         if stage.get("averaged_epochs"):
             averaged = stage["averaged_epochs"]
             kept = (f"the weights of epochs {averaged[0]}-{averaged[-1]} averaged into one model (batch-norm "

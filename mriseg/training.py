@@ -34,7 +34,7 @@ from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
 LOG_NAME = "training_log.csv"
 # What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
-LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from", "preprocessing")
+LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from", "preprocessing", "mixed_precision")
 LOG_FIELDS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "learning_rate", "seconds")
 
 
@@ -294,7 +294,9 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
     """The weights a warm restart starts from: ``initial``'s, checked against the recipe.
 
     A one-slice U-Net may start a 2.5D run (same network otherwise): its first convolution gets zero weights for
-    the neighbouring slices, so the run starts out predicting exactly what the starting weights did.
+    the neighbouring slices, so the run starts out predicting exactly what the starting weights did. The run may
+    also move to another grid size: the U-Net is fully convolutional, so its filters carry over to a finer grid,
+    where they meet anatomy at another scale and need the run to adapt.
     """
     if not isinstance(initial, UNet):
         raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders")
@@ -306,7 +308,7 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
         preprocessing = replace(preprocessing, context_slices=config.preprocessing.context_slices)
     if initial.config != config.architecture:
         raise ValueError(f"{source} has another architecture: {initial_config['architecture']}")
-    if preprocessing != config.preprocessing:
+    if replace(preprocessing, grid_size=config.preprocessing.grid_size) != config.preprocessing:
         raise ValueError(f"{source} was trained with other preprocessing: {initial_config['preprocessing']}")
     return initial.state_dict()
 
@@ -325,7 +327,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         resume: continue from the checkpoint in ``out_dir``.
         max_patients: use only the first N patients of each side (for quick tests).
         init_from: a weights folder whose weights start the run (a warm restart from shipped weights, with a
-            fresh optimiser and schedule); its architecture, preprocessing and patient split must match. The
+            fresh optimiser and schedule); its architecture, preprocessing (but for the grid size) and patient
+            split must match. The
             run's epochs are numbered after the epoch those weights come from, its log opens with their history
             and its config records them under ``initialised_from``.
     """

@@ -126,3 +126,34 @@ def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice
     # Back from 2.5D to one slice is not a warm restart.
     with pytest.raises(ValueError, match="another architecture"):
         train(kaggle_folder, tmp_path / "stage3", split, flat, device="cpu", init_from=tmp_path / "shipped")
+
+
+def test_a_warm_restart_moves_to_a_finer_grid(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    tiny = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1, architecture=UNetConfig(base_width=4, depth=2))
+    coarse = TrainConfig(epochs=2, preprocessing=PreprocessingConfig(grid_size=64), **tiny)
+    train(kaggle_folder, tmp_path / "stage1", split, coarse, device="cpu")
+    export_run(tmp_path / "stage1", kaggle_folder, tmp_path / "stage1" / "weights", device="cpu")
+
+    fine = TrainConfig(epochs=2, preprocessing=PreprocessingConfig(grid_size=96), **tiny)
+    train(kaggle_folder, tmp_path / "stage2", split, fine, device="cpu", init_from=tmp_path / "stage1" / "weights")
+    export_run(tmp_path / "stage2", kaggle_folder, tmp_path / "shipped", device="cpu")
+
+    shipped = read_config(tmp_path / "shipped")
+    assert shipped["preprocessing"]["grid_size"] == 96
+    assert shipped["initialised_from"]["preprocessing"]["grid_size"] == 64
+    card = (tmp_path / "shipped" / "README.md").read_text()
+    assert "warm restart from the weights of stage 1, moved to the 96x96 grid" in card
+    first, second = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
+    assert "--grid 64" in first and "--grid 96" in second
+    # both stages ran with the same precision, and each command says so
+    assert ("--fp32" in first) == ("--fp32" in second)
+    segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
+    assert segmenter.predict(np.ones((70, 90), np.float32) * np.arange(90)).mean.shape == (1, 70, 90)
+
+    # Only the grid may change: other preprocessing would feed the filters another kind of input.
+    recut = TrainConfig(epochs=1, preprocessing=PreprocessingConfig(grid_size=96, clip_high=98.0), **tiny)
+    with pytest.raises(ValueError, match="other preprocessing"):
+        train(kaggle_folder, tmp_path / "stage3", split, recut, device="cpu", init_from=tmp_path / "shipped")
