@@ -1,8 +1,10 @@
 """Combine separately trained U-Nets into one ensemble weights folder.
 
 Each member is a weights folder written by ``export`` (its config and training log travel with it). The
-members must share the preprocessing (their probabilities are averaged on one grid; a one-slice U-Net may join
-2.5D members, widened so that it ignores the neighbouring slices) and the patient split
+members must share the preprocessing, but for two things: a one-slice U-Net may join 2.5D members, widened so
+that it ignores the neighbouring slices, and members trained on different grid sizes each see the input at their
+own scale (the ensemble works on the finest grid and averages their probabilities there). They must also share
+the patient split
 (otherwise one member's training patients would sit among the others' validation patients and inflate the
 validation numbers). The ensemble is then tuned and scored on those validation patients like a single model.
 """
@@ -51,14 +53,17 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
         models.append(model)
         configs.append(config)
     preprocessings = [PreprocessingConfig.from_dict(config["preprocessing"]) for config in configs]
-    # Members may differ in context: a one-slice U-Net joins 2.5D ones widened (exactly: it ignores neighbours).
+    # Members may differ in context: a one-slice U-Net joins 2.5D ones widened (exactly: it ignores neighbours);
+    # and in grid size: the ensemble takes the finest grid and shrinks the input for the others.
     context = max(preprocessing.context_slices for preprocessing in preprocessings)
-    shared = replace(preprocessings[0], context_slices=context)
+    grids = [preprocessing.grid_size for preprocessing in preprocessings]
+    shared = replace(preprocessings[0], context_slices=context, grid_size=max(grids))
     members, ready = [], []
     for folder, model, config, preprocessing in zip(folders, models, configs, preprocessings, strict=True):
-        if preprocessing.context_slices not in (0, context) or replace(preprocessing, context_slices=context) != shared:
+        joined = replace(preprocessing, context_slices=context, grid_size=shared.grid_size)
+        if preprocessing.context_slices not in (0, context) or joined != shared:
             raise ValueError(f"{folder} uses other preprocessing than {folders[0]} ({config['preprocessing']} vs "
-                             f"{configs[0]['preprocessing']}): ensemble members must see the same input grid")
+                             f"{configs[0]['preprocessing']}): ensemble members must see the same kind of input")
         if config.get("split") != configs[0].get("split"):
             raise ValueError(f"{folder} was trained on another patient split than {folders[0]}: one member's "
                              "training patients would be among the validation patients that score the ensemble")
@@ -71,7 +76,7 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
                             widened_to_context=widened))
     config = {"split": configs[0]["split"], "data": configs[0].get("data"), "members": members,
               "preprocessing": shared.to_dict()}
-    return UNetEnsemble(ready), config, merged_log(folders)
+    return UNetEnsemble(ready, grids if len(set(grids)) > 1 else None), config, merged_log(folders)
 
 
 def merged_log(folders: Sequence[str | Path]) -> str:

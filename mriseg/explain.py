@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mriseg.inference import Segmenter
-from mriseg.model import UNet, unet_members
+from mriseg.model import UNet, UNetEnsemble, unet_members
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,8 @@ def feature_maps(segmenter: Segmenter, volume: np.ndarray, index: int = 0, membe
     volume = np.asarray(volume, dtype=np.float32)
     model_input = segmenter.preprocessor.slice_input(volume[None] if volume.ndim == 2 else volume, index)
     batch = torch.from_numpy(model_input)[None].to(segmenter.device)
+    if isinstance(segmenter.model, UNetEnsemble):  # a member trained on a coarser grid sees the slice shrunk to it
+        batch = segmenter.model.member_input(member, batch)
     model(batch.contiguous(memory_format=segmenter.memory_format))
     maps = {name: tensor[0].numpy() for name, tensor in captured.items()}
     for level in range(1, depth + 1):

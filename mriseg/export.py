@@ -82,6 +82,17 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
     return report
 
 
+def how_member_joined(member: dict, ensemble: dict) -> str:
+    """What an ensemble does to a member's input that its training did not: widen it, or shrink its grid."""
+    notes = ""
+    if member.get("widened_to_context"):
+        notes += ", trained on single slices; in the ensemble its weights for the neighbouring slices are zero"
+    grid = grid_of(member.get("trained_preprocessing"))
+    if grid < grid_of(ensemble["preprocessing"]):
+        notes += f", trained on a {grid}x{grid} grid; the ensemble shrinks the input to that grid for it"
+    return notes
+
+
 def model_card(config: dict, report: dict) -> str:
     """The Hugging Face model card, written from the config and the validation report."""
     members = member_configs(config)
@@ -95,9 +106,7 @@ def model_card(config: dict, report: dict) -> str:
         stages_text, reproduce = describe_stages(stages), reproduce_commands(stages, config)
     else:
         stages_text = "\n".join(
-            f"  - U-Net {number} (seed {member['training']['seed']}"
-            + (", trained on single slices; in the ensemble its weights for the neighbouring slices are zero"
-               if member.get("widened_to_context") else "") + "):\n"
+            f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
             + describe_stages(training_stages(member)).replace("  - ", "    - ")
             for number, member in enumerate(members, start=1))
         reproduce = "\n".join(

@@ -134,30 +134,43 @@ def widen_input(model: UNet, in_channels: int) -> UNet:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member.
+    """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member, and each member's grid.
 
-    Stored in ``config.json`` as ``{"members": [{...}, {...}]}``.
+    Stored in ``config.json`` as ``{"members": [{...}, {...}], "member_grids": [128, 192]}``; without
+    ``member_grids`` every member works on the ensemble's own input grid.
     """
 
     members: tuple[UNetConfig, ...]
+    member_grids: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"members": [member.to_dict() for member in self.members]}
+        values: dict = {"members": [member.to_dict() for member in self.members]}
+        if self.member_grids is not None:
+            values["member_grids"] = list(self.member_grids)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> EnsembleConfig:
-        return cls(tuple(UNetConfig.from_dict(member) for member in values["members"]))
+        grids = values.get("member_grids")
+        return cls(tuple(UNetConfig.from_dict(member) for member in values["members"]),
+                   None if grids is None else tuple(int(grid) for grid in grids))
 
 
 class UNetEnsemble(nn.Module):
-    """Several U-Nets trained apart on the same grid; returns the logit of their mean probability.
+    """Several U-Nets trained apart; returns the logit of their mean probability.
 
     Independently trained networks make different mistakes (one misses a faint slice another catches), so the
     mean of their probabilities is more reliable than any one of them. The output is a logit like a single
     :class:`UNet`'s, so everything downstream (sigmoid, threshold, uncertainty) treats both alike.
 
+    Members may have been trained on grids of different sizes (networks that saw the anatomy at another scale
+    err differently too). The ensemble's input is then on the finest of those grids; a member trained on a
+    coarser one gets the input shrunk to its own scale (area averaging, as the preprocessing shrinks slices) and
+    its probabilities are resized back (bilinear) before they are averaged.
+
     Args:
         members: the trained U-Nets; they must take the same input channels.
+        member_grids: each member's grid side, or None when all share the input's grid.
 
     Example:
         >>> ensemble = UNetEnsemble([UNet(UNetConfig(base_width=4, depth=2)), UNet(UNetConfig(base_width=8))])
@@ -165,19 +178,38 @@ class UNetEnsemble(nn.Module):
         torch.Size([1, 1, 32, 32])
     """
 
-    def __init__(self, members: Sequence[UNet]) -> None:
+    def __init__(self, members: Sequence[UNet], member_grids: Sequence[int] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two U-Nets, got {len(members)}")
+        if member_grids is not None and len(member_grids) != len(members):
+            raise ValueError(f"{len(member_grids)} member grids given for {len(members)} U-Nets")
         self.members = nn.ModuleList(members)
-        self.config = EnsembleConfig(tuple(member.config for member in members))
+        self.config = EnsembleConfig(tuple(member.config for member in members),
+                                     None if member_grids is None else tuple(member_grids))
 
     @property
     def size_multiple(self) -> int:
         return max(member.size_multiple for member in self.members)
 
+    def member_grid(self, index: int, grid: int) -> int:
+        """Side of the grid member ``index`` works on when the ensemble's input is ``grid`` wide."""
+        grids = self.config.member_grids
+        return grid if grids is None else round(grid * grids[index] / max(grids))
+
+    def member_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (on the ensemble's grid) at the scale member ``index`` was trained on."""
+        size = [self.member_grid(index, side) for side in x.shape[-2:]]
+        return x if size == list(x.shape[-2:]) else nn.functional.interpolate(x, size=size, mode="area")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probability = torch.stack([torch.sigmoid(member(x).float()) for member in self.members]).mean(0)
+        probabilities = []
+        for index, member in enumerate(self.members):
+            probability = torch.sigmoid(member(self.member_input(index, x)).float())
+            if probability.shape[-2:] != x.shape[-2:]:
+                probability = nn.functional.interpolate(probability, size=x.shape[-2:], mode="bilinear")
+            probabilities.append(probability)
+        probability = torch.stack(probabilities).mean(0)
         # float32 keeps logit(sigmoid(z)) exact enough; eps bounds the logit where every member is certain
         return torch.logit(probability, eps=1e-7)
 
@@ -195,5 +227,5 @@ def create_model(config: UNetConfig | EnsembleConfig | dict | None = None) -> Se
     if isinstance(config, dict):
         config = EnsembleConfig.from_dict(config) if "members" in config else UNetConfig.from_dict(config)
     if isinstance(config, EnsembleConfig):
-        return UNetEnsemble([UNet(member) for member in config.members])
+        return UNetEnsemble([UNet(member) for member in config.members], config.member_grids)
     return UNet(config or UNetConfig())

@@ -39,6 +39,12 @@ if len(unets) > 1:
     )
     member = st.radio("U-Net", range(len(unets)), horizontal=True, key="ensemble_member",
                       format_func=lambda i: f"U-Net {i + 1} (base width {unets[i].config.base_width})")
+    member_grid = segmenter.model.member_grid(member, grid)
+    if member_grid != grid:
+        st.markdown(f"This U-Net was trained on a coarser {member_grid}x{member_grid} grid, so the ensemble shrinks "
+                    "the slice to that size for it and enlarges its answer again before averaging: networks that "
+                    "saw the anatomy at another scale make different mistakes.")
+        grid = member_grid
 stages = describe(unets[member], grid)
 
 left, right = st.columns([2, 3])

@@ -124,6 +124,62 @@ def test_a_one_slice_member_joins_a_2_5d_member_widened(members, kaggle_folder, 
     assert "--context 1 --batch-size 2 --seed 2 --init runs/unet2-stage1" in " ".join(commands)
 
 
+def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_folder, tmp_path, monkeypatch,
+                                                            slice_samples):
+    folders, split = members
+    fine_run = tmp_path / "fine"
+    config = TrainConfig(epochs=2, seed=3, architecture=UNetConfig(base_width=4, depth=2),
+                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=96)))
+    train(kaggle_folder, fine_run, split, config, device="cpu", init_from=folders[0])
+    export_run(fine_run, kaggle_folder, fine_run / "weights", device="cpu")
+
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", str(folders[1]), str(fine_run / "weights"), "--data", str(kaggle_folder),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    config = read_config(out)
+    assert config["preprocessing"]["grid_size"] == 96
+    assert config["architecture"]["member_grids"] == [64, 96]
+    card = (out / "README.md").read_text()
+    assert "(seed 1, trained on a 64x64 grid; the ensemble shrinks the input to that grid for it)" in card
+    assert "--grid 96" in card
+
+    # Each member predicts close to what it predicts on its own, though its input is resampled on another path.
+    volume = np.stack([read_image_file(SAMPLES / e["image"]) for e in slice_samples[:3]])
+    alone = [load_segmenter(folder, device="cpu").predict(volume).mean for folder in (folders[1], fine_run / "weights")]
+    together = load_segmenter(out, device="cpu").predict(volume).mean
+    assert together.shape == volume.shape
+    assert np.abs(together - np.mean(alone, axis=0)).mean() < 0.005
+
+    # How it works draws the coarse member on its own grid and says why.
+    from test_app import open_sample
+    from test_app_classroom import serve_from_hub_cache
+
+    from mriseg import webapp
+
+    try:
+        at = open_sample(serve_from_hub_cache(out, tmp_path, monkeypatch), slice_samples[0]["image"])
+        at.switch_page("pages/how_it_works.py").run()
+        assert not at.exception, at.exception
+        assert any("trained on a coarser 64x64 grid" in m.value for m in at.markdown)
+        assert at.dataframe[0].value["size"].iloc[-1] == "64x64"
+        at.radio(key="ensemble_member").set_value(1).run()
+        assert not any("coarser" in m.value for m in at.markdown)
+        assert at.dataframe[0].value["size"].iloc[-1] == "96x96"
+    finally:
+        webapp.load_model.clear()
+
+    # Any other preprocessing difference is still refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.safetensors", "training_log.csv"):
+        (other / name).write_bytes((folders[1] / name).read_bytes())
+    changed = read_config(folders[1])
+    changed["preprocessing"]["clip_high"] = 98.0
+    (other / "config.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="must see the same kind of input"):
+        combine([fine_run / "weights", other])
+
+
 def test_the_app_shows_each_member_of_a_served_ensemble(members, kaggle_folder, tmp_path, monkeypatch,
                                                          slice_samples):
     from test_app import open_sample

@@ -62,3 +62,16 @@ def test_feature_maps_of_a_2_5d_model_see_the_slice_with_its_neighbours():
     assert first.maps["encoder 1"].shape == (4, 64, 64)
     assert not np.allclose(first.maps["encoder 1"], last.maps["encoder 1"])
     assert feature_maps(segmenter, volume[0]).maps["decoder 1"].shape == (4, 64, 64)  # a lone 2D slice
+
+
+def test_feature_maps_of_a_coarse_ensemble_member_are_on_its_own_grid():
+    from mriseg.inference import Segmenter
+    from mriseg.model import UNetEnsemble
+    from mriseg.preprocessing import PreprocessingConfig
+
+    coarse, fine = create_model(UNetConfig(base_width=4, depth=2)), create_model(UNetConfig(base_width=4, depth=2))
+    ensemble = UNetEnsemble([coarse, fine], member_grids=(64, 96))
+    segmenter = Segmenter(ensemble, PreprocessingConfig(grid_size=96), device="cpu")
+    image = np.random.default_rng(0).random((120, 120)).astype(np.float32)
+    assert feature_maps(segmenter, image, member=0).maps["decoder 1"].shape == (4, 64, 64)
+    assert feature_maps(segmenter, image, member=1).maps["decoder 1"].shape == (4, 96, 96)

@@ -68,6 +68,24 @@ def test_ensemble_config_round_trips_through_a_dict():
     assert [member.config.base_width for member in unet_members(model)] == [4, 8]
 
 
+def test_a_member_on_a_coarser_grid_sees_the_input_at_its_own_scale():
+    torch.manual_seed(0)
+    coarse, fine = create_model(UNetConfig(base_width=4, depth=2)).eval(), create_model(UNetConfig(base_width=4)).eval()
+    ensemble = UNetEnsemble([coarse, fine], member_grids=(32, 64)).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.inference_mode():
+        shrunk = torch.nn.functional.avg_pool2d(x, 2)  # 64 -> 32 by area averaging
+        coarse_probability = torch.nn.functional.interpolate(torch.sigmoid(coarse(shrunk)), size=(64, 64),
+                                                             mode="bilinear")
+        expected = (coarse_probability + torch.sigmoid(fine(x))) / 2
+        assert torch.allclose(torch.sigmoid(ensemble(x)), expected, atol=1e-5)
+    assert ensemble.member_grid(0, 192) == 96 and ensemble.member_grid(1, 192) == 192
+    config = ensemble.config.to_dict()
+    assert config["member_grids"] == [32, 64] and create_model(config).config == ensemble.config
+    with pytest.raises(ValueError, match="1 member grids given for 2 U-Nets"):
+        UNetEnsemble([coarse, fine], member_grids=(32,))
+
+
 def test_an_ensemble_of_one_is_refused():
     with pytest.raises(ValueError, match="at least two"):
         UNetEnsemble([create_model(UNetConfig(base_width=4, depth=2))])
