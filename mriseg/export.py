@@ -8,6 +8,7 @@ threshold and the small-component filter, evaluate with the tuned settings, then
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mriseg.bundle import kept_epoch, load_model, member_configs, read_config, recipe_of, save_bundle
@@ -105,14 +106,20 @@ def model_card(config: dict, report: dict) -> str:
         stages = training_stages(config)
         stages_text, reproduce = describe_stages(stages), reproduce_commands(stages, config)
     else:
-        stages_text = "\n".join(
-            f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
-            + describe_stages(training_stages(member)).replace("  - ", "    - ")
-            for number, member in enumerate(members, start=1))
-        reproduce = "\n".join(
-            reproduce_commands(training_stages(member), member, run=f"runs/unet{number}-stage",
-                               final_out=f"runs/unet{number}/weights")
-            for number, member in enumerate(members, start=1))
+        histories = [training_stages(member) for member in members]
+        texts, commands = [], []
+        for number, (member, stages) in enumerate(zip(members, histories, strict=True), start=1):
+            source, shared = shared_start(stages, histories[: number - 1])
+            lines = describe_stages(stages).replace("  - ", "    - ").splitlines()
+            if shared:
+                lines[:shared] = [f"    - stage{'s' * (shared > 1)} 1{f'-{shared}' * (shared > 1)}: those of "
+                                  f"U-Net {source} (the same weights)."]
+            texts.append(f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
+                         + "\n".join(lines))
+            commands.append(reproduce_commands(stages[shared:], member, run=f"runs/unet{number}-stage",
+                                               final_out=f"runs/unet{number}/weights", first_number=shared + 1,
+                                               init=f"runs/unet{source}/weights" if shared else None))
+        stages_text, reproduce = "\n".join(texts), "\n".join(commands)
         folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
         reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
     strong_note = ("; stages marked *strong augmentation* also had gamma, blur and noise, rotation ±15° and scale "
@@ -226,8 +233,8 @@ def describe_architecture(architecture: dict) -> str:
              "connections, 1x1 conv to one logit.")
     if "members" not in architecture:
         return f"- {unet(architecture)}; {block}"
-    lines = [f"- An ensemble of {len(architecture['members'])} U-Nets trained separately (own width and random "
-             "seed); the tumour probability is the mean of theirs, so one network's miss can be caught by another:"]
+    lines = [f"- An ensemble of {len(architecture['members'])} U-Nets, each with its own training history (below); "
+             "the tumour probability is the mean of theirs, so one network's miss can be caught by another:"]
     lines += [f"  - U-Net {number}: {unet(arch)}" for number, arch in enumerate(architecture["members"], start=1)]
     lines.append(f"- Each U-Net: {block}")
     return "\n".join(lines)
@@ -290,8 +297,28 @@ def train_options(stage: dict, model: dict) -> str:
     return "".join(f" {option}" for option in options)
 
 
+def stage_identity(stage: dict) -> str:
+    """What makes two recorded stages the same run: recipe, grid and context, and the weights kept."""
+    preprocessing = trained_preprocessing(stage)
+    return json.dumps([stage["training"], stage.get("best_epoch"), stage.get("averaged_epochs"),
+                       grid_of(preprocessing), context_of(preprocessing)], sort_keys=True)
+
+
+def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, int]:
+    """Whether a member's history starts with the whole history of an earlier member (it was warm-restarted from
+    that member's weights): (that member's number, how many stages they share), or (0, 0)."""
+    best = (0, 0)
+    for number, other in enumerate(earlier, start=1):
+        shared = len(other)
+        if best[1] < shared < len(stages) and all(
+                stage_identity(a) == stage_identity(b) for a, b in zip(stages, other, strict=False)):
+            best = (number, shared)
+    return best
+
+
 def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/data/lgg-flair",
-                       run: str = "runs/stage", final_out: str = "weights") -> str:
+                       run: str = "runs/stage", final_out: str = "weights", first_number: int = 1,
+                       init: str | None = None) -> str:
     """The CLI calls that rebuild these weights from the data, stage by stage.
 
     Args:
@@ -300,19 +327,22 @@ def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/d
         data: the data folder named in the commands.
         run: run folders are named ``<run>1``, ``<run>2`` ...
         final_out: the weights folder the last stage is exported to.
+        first_number: the number of the first stage given (later ones of a history that starts elsewhere).
+        init: the weights folder the first stage given starts from, when it is a warm restart.
     """
     commands = []
-    for number, stage in enumerate(stages, start=1):
+    for number, stage in enumerate(stages, start=first_number):
         training, run_dir = stage["training"], f"{run}{number}"
-        init = f" --init {run}{number - 1}/weights" if number > 1 else ""
+        start = f"{run}{number - 1}/weights" if number > first_number else init
         commands.append(f"python -m mriseg train --data {data} --out {run_dir} --epochs {training['epochs']} "
-                        f"--lr {training['learning_rate']}{train_options(stage, model)}{init}")
+                        f"--lr {training['learning_rate']}{train_options(stage, model)}"
+                        + (f" --init {start}" if start else ""))
         source = ""
         if stage.get("averaged_epochs"):
             averaged = stage["averaged_epochs"]
             commands.append(f"python -m mriseg average --run {run_dir} --data {data} "
                             f"--epochs {averaged[0]}-{averaged[-1]}")
             source = " --source average"
-        out = final_out if number == len(stages) else f"{run_dir}/weights"
+        out = final_out if number == first_number + len(stages) - 1 else f"{run_dir}/weights"
         commands.append(f"python -m mriseg export --run {run_dir}{source} --data {data} --out {out}")
     return "\n".join(commands)

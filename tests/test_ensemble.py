@@ -134,18 +134,23 @@ def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_fol
     export_run(fine_run, kaggle_folder, fine_run / "weights", device="cpu")
 
     out = tmp_path / "shipped"
-    assert main(["ensemble", "--members", str(folders[1]), str(fine_run / "weights"), "--data", str(kaggle_folder),
+    assert main(["ensemble", "--members", str(folders[0]), str(fine_run / "weights"), "--data", str(kaggle_folder),
                  "--out", str(out), "--device", "cpu"]) == 0
     config = read_config(out)
     assert config["preprocessing"]["grid_size"] == 96
     assert config["architecture"]["member_grids"] == [64, 96]
     card = (out / "README.md").read_text()
-    assert "(seed 1, trained on a 64x64 grid; the ensemble shrinks the input to that grid for it)" in card
-    assert "--grid 96" in card
+    assert "(seed 0, trained on a 64x64 grid; the ensemble shrinks the input to that grid for it)" in card
+    # The fine member was warm-restarted from the coarse one: the card tells their shared stage once.
+    assert "U-Net 2 (seed 3):\n    - stage 1: those of U-Net 1 (the same weights).\n    - stage 2: warm restart" in card
+    commands = [line for line in card.splitlines() if line.startswith("python -m mriseg")]
+    assert [line.split(" --out ")[1].split()[0] for line in commands[:4]] == [
+        "runs/unet1-stage1", "runs/unet1/weights", "runs/unet2-stage2", "runs/unet2/weights"]
+    assert commands[2].endswith("--grid 96 --batch-size 2 --seed 3 --init runs/unet1/weights")
 
     # Each member predicts close to what it predicts on its own, though its input is resampled on another path.
     volume = np.stack([read_image_file(SAMPLES / e["image"]) for e in slice_samples[:3]])
-    alone = [load_segmenter(folder, device="cpu").predict(volume).mean for folder in (folders[1], fine_run / "weights")]
+    alone = [load_segmenter(folder, device="cpu").predict(volume).mean for folder in (folders[0], fine_run / "weights")]
     together = load_segmenter(out, device="cpu").predict(volume).mean
     assert together.shape == volume.shape
     assert np.abs(together - np.mean(alone, axis=0)).mean() < 0.005
@@ -172,8 +177,8 @@ def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_fol
     other = tmp_path / "other"
     other.mkdir()
     for name in ("model.safetensors", "training_log.csv"):
-        (other / name).write_bytes((folders[1] / name).read_bytes())
-    changed = read_config(folders[1])
+        (other / name).write_bytes((folders[0] / name).read_bytes())
+    changed = read_config(folders[0])
     changed["preprocessing"]["clip_high"] = 98.0
     (other / "config.json").write_text(json.dumps(changed))
     with pytest.raises(ValueError, match="must see the same kind of input"):
