@@ -222,6 +222,11 @@ def unet_members(model: Segmentation) -> list[UNet]:
     return list(model.members) if isinstance(model, UNetEnsemble) else [model]
 
 
+def unet_grid(model: Segmentation, member: int, grid: int) -> int:
+    """Side of the grid U-Net ``member`` of ``model`` (see :func:`unet_members`) works on for a ``grid``-wide input."""
+    return model.member_grid(member, grid) if isinstance(model, UNetEnsemble) else grid
+
+
 def create_model(config: UNetConfig | EnsembleConfig | dict | None = None) -> Segmentation:
     """Build a U-Net (or an ensemble of them) from its config, a plain dict as in ``config.json``, or defaults."""
     if isinstance(config, dict):

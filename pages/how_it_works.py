@@ -5,7 +5,7 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.explain import architecture_dot, describe
-from mriseg.model import unet_members
+from mriseg.model import unet_grid, unet_members
 from mriseg.visualize import display_image
 
 view = webapp.context()
@@ -39,7 +39,7 @@ if len(unets) > 1:
     )
     member = st.radio("U-Net", range(len(unets)), horizontal=True, key="ensemble_member",
                       format_func=lambda i: f"U-Net {i + 1} (base width {unets[i].config.base_width})")
-    member_grid = segmenter.model.member_grid(member, grid)
+    member_grid = unet_grid(segmenter.model, member, grid)
     if member_grid != grid:
         st.markdown(f"This U-Net was trained on a coarser {member_grid}x{member_grid} grid, so the ensemble shrinks "
                     "the slice to that size for it and enlarges its answer again before averaging: networks that "

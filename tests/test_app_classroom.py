@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -15,7 +16,7 @@ from test_app import expected_mask, metric, open_sample, start
 from mriseg.case import load_sample, sample_index
 from mriseg.explain import describe
 from mriseg.metrics import dice
-from mriseg.model import unet_members
+from mriseg.model import unet_grid, unet_members
 from mriseg.postprocessing import binarize
 from mriseg.visualize import near_threshold
 
@@ -32,7 +33,8 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     at = open_sample(start(), entry_of("large")["image"])
     at.switch_page("pages/how_it_works.py").run()
     assert not at.exception, at.exception
-    stages = describe(unet_members(segmenter.model)[0], segmenter.preprocessor.config.grid_size)
+    grid = unet_grid(segmenter.model, 0, segmenter.preprocessor.config.grid_size)
+    stages = describe(unet_members(segmenter.model)[0], grid)
     table = at.dataframe[0].value
     assert list(table["stage"]) == [s.name for s in stages]
     assert list(table["parameters"]) == [s.parameters for s in stages]
@@ -131,6 +133,31 @@ def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
     return at
 
 
+def single_unet_from_shipped(folder):
+    """A weights folder holding the first U-Net of the shipped weights (one U-Net or an ensemble), with its own
+    recipe, preprocessing and training log."""
+    from mriseg.bundle import load_model, member_configs, recipe_of, save_bundle
+    from mriseg.ensemble import log_by_member
+    from mriseg.export import trained_preprocessing
+    from mriseg.postprocessing import PostprocessingConfig
+    from mriseg.preprocessing import PreprocessingConfig
+    from mriseg.training import LOG_FIELDS, LOG_NAME
+
+    model, shipped = load_model(REPO_ROOT / "weights")
+    first = member_configs(shipped)[0]
+    save_bundle(folder, unet_members(model)[0], PreprocessingConfig.from_dict(trained_preprocessing(first)),
+                PostprocessingConfig.from_dict(shipped["postprocessing"]),
+                dict(recipe_of(first, drop=("trained_preprocessing", "widened_to_context")), split=shipped["split"]))
+    with open(REPO_ROOT / "weights" / LOG_NAME, newline="") as handle:
+        rows = log_by_member(list(csv.DictReader(handle)))[1]
+    with open(folder / LOG_NAME, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(REPO_ROOT / "weights" / "evaluation.json", folder / "evaluation.json")
+    return folder
+
+
 def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypatch, slice_samples):
     """Weights from a (hand-built, offline) HF cache that were warm-restarted, averaged and tuned with TTA:
     the training curves mark the restart and the averaged epochs, and the uncertainty toggle starts on."""
@@ -138,8 +165,7 @@ def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypa
 
     from mriseg import webapp
 
-    staged = tmp_path / "staged"
-    shutil.copytree(REPO_ROOT / "weights", staged)
+    staged = single_unet_from_shipped(tmp_path / "staged")
     config = json.loads((staged / "config.json").read_text())
     config.update(initialised_from={"training": config["training"], "best_epoch": 20}, averaged_epochs=[30, 31, 32],
                   tta_default=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mriseg.explain import architecture_dot, describe, feature_maps
-from mriseg.model import UNetConfig, create_model, unet_members
+from mriseg.model import UNetConfig, create_model, unet_grid, unet_members
 
 
 @pytest.mark.parametrize("config", [UNetConfig(), UNetConfig(base_width=8, depth=3)])
@@ -33,7 +33,7 @@ def test_dot_has_every_stage_and_the_skips():
 
 def test_feature_maps_have_the_layer_shapes(segmenter):
     maps = feature_maps(segmenter, np.random.default_rng(0).random((256, 256)).astype(np.float32))
-    grid = segmenter.preprocessor.config.grid_size
+    grid = unet_grid(segmenter.model, 0, segmenter.preprocessor.config.grid_size)
     for stage in describe(unet_members(segmenter.model)[0], grid):
         if stage.kind == "head":
             continue
