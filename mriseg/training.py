@@ -299,7 +299,8 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
     where they meet anatomy at another scale and need the run to adapt.
     """
     if not isinstance(initial, UNet):
-        raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders")
+        raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders (its README.md "
+                         "lists the commands that build each member)")
     preprocessing = PreprocessingConfig.from_dict(initial_config["preprocessing"])
     adds_context = preprocessing.context_slices == 0 < config.preprocessing.context_slices and (
         initial.config.in_channels == 1)
@@ -328,9 +329,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         max_patients: use only the first N patients of each side (for quick tests).
         init_from: a weights folder whose weights start the run (a warm restart from shipped weights, with a
             fresh optimiser and schedule); its architecture, preprocessing (but for the grid size) and patient
-            split must match. The
-            run's epochs are numbered after the epoch those weights come from, its log opens with their history
-            and its config records them under ``initialised_from``.
+            split must match. The run's epochs are numbered after the epoch those weights come from, its log
+            opens with their history and its config records them under ``initialised_from``.
     """
     context = config.preprocessing.context_slices
     if config.architecture.in_channels != config.preprocessing.input_channels:
@@ -344,6 +344,12 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     torch.manual_seed(config.seed)
 
     split = load_split(split_path)
+    if init_from is not None:  # checked before minutes of slice preparation, not after
+        initial, initial_config = load_model(init_from)
+        initial_state = _initial_state(initial, initial_config, config, str(init_from))
+        if initial_config.get("split") != split:
+            raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
+                             "leak into training or stop being unseen")
     cases = {case.name: case for case in find_cases(data_dir)}
     missing = [name for name in split["train"] + split["validation"] if name not in cases]
     if missing:
@@ -369,11 +375,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     # epoch those weights come from, and their log up to that epoch opens this run's log.
     epoch_offset = 0
     if init_from is not None:
-        initial, initial_config = load_model(init_from)
-        model.load_state_dict(_initial_state(initial, initial_config, config, str(init_from)))
-        if initial_config.get("split") != split:
-            raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
-                             "leak into training or stop being unseen")
+        model.load_state_dict(initial_state)
         epoch_offset = kept_epoch(initial_config)
         recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
         if not resuming:

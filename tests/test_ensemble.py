@@ -70,6 +70,19 @@ def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, ka
         combine([out, folders[0]])
 
 
+def test_an_ensemble_cannot_start_a_warm_restart(members, kaggle_folder, tmp_path, capsys):
+    folders, split = members
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", *map(str, folders), "--data", str(kaggle_folder), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(kaggle_folder), "--out", str(tmp_path / "restart"), "--split", str(split),
+                 "--init", str(out), "--epochs", "1", "--width", "4", "--depth", "2", "--grid", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "is an ensemble" in err and "README.md lists the commands that build each member" in err
+    assert "preparing training slices" not in err  # refused before any slice was prepared
+
+
 def test_members_from_another_split_are_refused(members, kaggle_folder, tmp_path, slice_samples, capsys):
     folders, split = members
     other = tmp_path / "other"
