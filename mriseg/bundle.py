@@ -100,12 +100,14 @@ def load_model(folder: str | Path, verify: bool = True) -> tuple[Segmentation, d
     return model, config
 
 
-def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto", verify: bool = True) -> Segmenter:
-    """A ready :class:`Segmenter` from a weights folder."""
+def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto", verify: bool = True,
+                   precision: str = "auto") -> Segmenter:
+    """A ready :class:`Segmenter` from a weights folder (``precision``: see :class:`Segmenter`)."""
     model, config = load_model(folder, verify=verify)
     return Segmenter(
         model,
         PreprocessingConfig.from_dict(config["preprocessing"]),
         PostprocessingConfig.from_dict(config.get("postprocessing", {})),
         device=device,
+        precision=precision,
     )

@@ -23,6 +23,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: CUDA, or a CPU with bf16 instructions (AVX512-BF16, AMX)."""
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
+                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass
 class Probabilities:
     """Per-pixel tumour probability of a volume at its original size.
@@ -48,6 +57,9 @@ class Segmenter:
         postprocessing: default threshold and small-component removal.
         device: "auto", "cpu", "cuda" or a torch.device.
         batch_size: slices per forward pass.
+        precision: "auto" computes in bfloat16 where the device does so natively (CUDA, CPUs with AVX512-BF16 or
+            AMX: about twice as fast on such a CPU, probabilities within ~0.01 of float32) and in float32
+            elsewhere; "bf16" or "fp32" force one.
     """
 
     def __init__(
@@ -57,8 +69,12 @@ class Segmenter:
         postprocessing: PostprocessingConfig = PostprocessingConfig(),
         device: str | torch.device | None = "auto",
         batch_size: int = 16,
+        precision: str = "auto",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
+        self.bf16 = native_bf16(self.device) if precision == "auto" else precision == "bf16"
         self.preprocessor = Preprocessor(preprocessing)
         self.postprocessing = postprocessing
         self.batch_size = batch_size
@@ -68,9 +84,9 @@ class Segmenter:
 
     @property
     def device_label(self) -> str:
-        if self.device.type == "cuda":
-            return f"GPU ({torch.cuda.get_device_name(self.device)})"
-        return "CPU"
+        """The device and, when it is not float32, the number format: "CPU, bfloat16"."""
+        device = f"GPU ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else "CPU"
+        return f"{device}, bfloat16" if self.bf16 else device
 
     @torch.inference_mode()
     def predict_grid(self, grid: np.ndarray, tta: bool = False,
@@ -81,7 +97,7 @@ class Segmenter:
         for start in range(0, total, self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(grid[start : start + self.batch_size]))
             batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 views = [torch.sigmoid(self.model(batch).float())]
                 if tta:
                     views.append(torch.sigmoid(self.model(batch.flip(-1)).float()).flip(-1))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mriseg.bundle import kept_epoch, load_model, save_bundle
 from mriseg.data import PatientCase, find_cases, load_split
-from mriseg.inference import Segmenter, resolve_device
+from mriseg.inference import Segmenter, native_bf16, resolve_device
 from mriseg.metrics import dice
 from mriseg.model import UNet, UNetConfig, create_model, widen_input
 from mriseg.postprocessing import PostprocessingConfig
@@ -223,10 +223,7 @@ def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
 
 def uses_bf16(device: torch.device, requested: bool = True) -> bool:
     """Whether training on ``device`` runs under bfloat16 autocast: CUDA, or a CPU with native bf16 support."""
-    if not requested:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return requested and native_bf16(device)
 
 
 def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
@@ -415,7 +412,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             losses.append(loss.item())
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
 
-        segmenter = Segmenter(model, config.preprocessing, device=device)
+        segmenter = Segmenter(model, config.preprocessing, device=device,
+                              precision="bf16" if mixed_precision else "fp32")
         scores = list(per_volume_dice(segmenter, validation).values())
         model.train()
         row = {

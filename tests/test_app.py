@@ -11,12 +11,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT, SAMPLES
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
 from mriseg.bundle import read_config
 from mriseg.case import load_sample
+from mriseg.inference import native_bf16
 from mriseg.metrics import compare
 from mriseg.postprocessing import binarize
 from mriseg.webapp import sample_button_key
@@ -61,7 +63,8 @@ def test_home_shows_gallery_and_sidebar():
     assert at.title[0].value == "Segment a brain MRI"
     assert len([b for b in at.button if b.key and b.key.startswith("sample-")]) == 9
     sidebar_text = " ".join(c.value for c in at.sidebar.caption)
-    assert "Running on **CPU**" in sidebar_text or "GPU" in sidebar_text
+    cpu_label = "CPU, bfloat16" if native_bf16(torch.device("cpu")) else "CPU"
+    assert f"Running on **{cpu_label}**" in sidebar_text or "GPU" in sidebar_text
     assert "not a medical device" in sidebar_text and "bundled weights" in sidebar_text
     assert at.slider(key="threshold").value == pytest.approx(read_config(REPO_ROOT / "weights")["postprocessing"]
                                                              ["threshold"])

@@ -8,7 +8,10 @@ import sys
 
 import nibabel as nib
 import pytest
+import torch
 from conftest import REPO_ROOT, SAMPLES
+
+from mriseg.inference import native_bf16
 
 
 def mriseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -65,10 +68,23 @@ def test_evaluate_missing_folder_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_predict_in_float32_on_request(tmp_path, sample_index):
+    entry = next(e for e in sample_index if e["category"] == "large")
+    image = str(SAMPLES / entry["image"])
+    runs = {flags: mriseg("predict", image, "--out", str(tmp_path / "out"), "--device", "cpu", *flags)
+            for flags in ((), ("--fp32",))}
+    assert "device: CPU\n" in runs[("--fp32",)].stderr
+    assert ("device: CPU, bfloat16" in runs[()].stderr) == native_bf16(torch.device("cpu"))
+    areas = [int(run.stdout.split("tumour ")[1].split(" px")[0]) for run in runs.values()]
+    assert abs(areas[0] - areas[1]) <= 0.02 * areas[1]
+
+
 def test_bench_prints_latency():
     result = mriseg("bench", "--repeats", "3", "--slices", "4")
     assert result.returncode == 0, result.stderr
     assert "latency per 256x256 slice" in result.stdout and "slices/s" in result.stdout
+    # where the CPU computes bfloat16 natively, both number formats are timed side by side
+    assert ("CPU, bfloat16" in result.stdout) == native_bf16(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("extra", [[], ["--resume"]])

@@ -4,9 +4,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, WEIGHTS
 
-from mriseg.inference import resolve_device
+from mriseg.bundle import load_segmenter
+from mriseg.inference import native_bf16, resolve_device
 from mriseg.io import read_mask_file, read_volume
 from mriseg.metrics import dice
 
@@ -41,9 +42,10 @@ def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
     result = segmenter.predict(volume.pixels, tta=True)
     # The two views by hand, on the model grid: their population std is |a - b| / 2.
     grid = torch.from_numpy(segmenter.preprocessor.volume_to_input(volume.pixels))
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=segmenter.bf16):
         plain = torch.sigmoid(segmenter.model(grid.contiguous(memory_format=segmenter.memory_format)))
         mirrored = torch.sigmoid(segmenter.model(grid.flip(-1).contiguous(memory_format=segmenter.memory_format)))
+        plain, mirrored = plain.float(), mirrored.float()
     expected = (plain - mirrored.flip(-1)).abs()[:, 0].numpy() / 2
     _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_input(volume.pixels), tta=True)
     np.testing.assert_allclose(std, expected, atol=1e-5)
@@ -87,3 +89,29 @@ def test_cuda_request_without_gpu_is_explained():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
     assert resolve_device("auto").type in {"cpu", "cuda"}
+
+
+def test_precision_follows_the_hardware_and_can_be_forced(segmenter):
+    import torch
+
+    assert segmenter.bf16 == native_bf16(torch.device("cpu"))
+    assert ("bfloat16" in segmenter.device_label) == segmenter.bf16
+    forced = load_segmenter(WEIGHTS, device="cpu", precision="fp32")
+    assert not forced.bf16 and forced.device_label == "CPU"
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        load_segmenter(WEIGHTS, device="cpu", precision="half")
+
+
+def test_bfloat16_gives_the_float32_masks(slice_samples):
+    """bfloat16 rounds activations to 8 bits of mantissa: probabilities move a little, the masks must not."""
+    fp32 = load_segmenter(WEIGHTS, device="cpu", precision="fp32")
+    bf16 = load_segmenter(WEIGHTS, device="cpu", precision="bf16")
+    for entry in slice_samples:
+        volume, _ = load_sample(entry)
+        exact, rounded = fp32.predict(volume.pixels).mean, bf16.predict(volume.pixels).mean
+        assert np.abs(exact - rounded).mean() < 1e-3
+        exact_mask, rounded_mask = fp32.segment(volume.pixels), bf16.segment(volume.pixels)
+        if exact_mask.any():
+            assert dice(exact_mask, rounded_mask) > 0.97, entry["image"]
+        else:
+            assert rounded_mask.sum() < 20, entry["image"]
