@@ -25,6 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=not args.fp32,
         augmentation=args.augmentation,
+        recall_weight=args.recall_weight,
         architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
         preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
     )
@@ -131,6 +132,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def unit_fraction(text: str) -> float:
+    """A number strictly between 0 and 1, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1): 0.5 is the soft Dice, 0.7 favours recall")
+    return value
+
+
 def epoch_list(text: str) -> list[int]:
     """``"55-67"`` or ``"40,45,50"`` (or a mix) as a sorted list of epoch numbers."""
     epochs: set[int] = set()
@@ -198,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
     train.add_argument("--augmentation", choices=("standard", "strong"), default="standard",
                        help="strong: also gamma, blur, noise and wider rotation/scale")
+    train.add_argument("--recall-weight", type=unit_fraction, default=0.5,
+                       help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
+                            "0.5: soft Dice, higher: favour recall")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")

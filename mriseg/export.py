@@ -275,6 +275,9 @@ def describe_stages(stages: list[dict]) -> str:
         else:
             kept = f"best epoch {stage.get('best_epoch')}"
         strong = ", *strong augmentation*" if training.get("augmentation") == "strong" else ""
+        recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
+        if recall != 0.5:
+            strong += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
         lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
                      f"{training['learning_rate']}{strong}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
@@ -291,7 +294,8 @@ def train_options(stage: dict, model: dict) -> str:
         ("context", context_of(preprocessing), 0),
         ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0),
         # runs from before the strong recipe existed record no augmentation
-        ("augmentation", training.get("augmentation", "standard"), "standard")) if value != default]
+        ("augmentation", training.get("augmentation", "standard"), "standard"),
+        ("recall-weight", training.get("recall_weight", 0.5), 0.5)) if value != default]
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")
     return "".join(f" {option}" for option in options)

@@ -63,6 +63,11 @@ def test_weights_tuned_with_tta_are_evaluated_with_it(tmp_path, kaggle_folder):
     assert json.loads(report_path.read_text())["tta"] is True
 
 
+def test_train_refuses_a_recall_weight_outside_0_1(tmp_path):
+    result = mriseg("train", "--data", str(tmp_path), "--recall-weight", "1.5")
+    assert result.returncode == 2 and "--recall-weight: 1.5 is outside (0, 1)" in result.stderr
+
+
 def test_evaluate_missing_folder_is_a_clear_error(tmp_path):
     result = mriseg("evaluate", "--data", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

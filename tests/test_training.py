@@ -92,6 +92,24 @@ def test_loss_is_small_for_a_perfect_prediction():
     assert bce_dice_loss(-perfect, target).item() > 1.0
 
 
+def test_recall_weight_makes_misses_cost_more_than_false_alarms():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    confident = (target * 2 - 1) * 20
+    missed, false_alarm = confident.clone(), confident.clone()
+    missed[..., 2, 2:6] = -20  # four tumour pixels missed
+    false_alarm[..., 7, 0:4] = 20  # four healthy pixels marked
+    # 0.5 is the soft Dice: (2 TP + 1) / (predicted + true + 1)
+    probabilities = torch.sigmoid(missed)
+    soft_dice = (2 * (probabilities * target).sum() + 1) / (probabilities.sum() + target.sum() + 1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(missed, target)
+    assert bce_dice_loss(missed, target).item() == pytest.approx((bce + 1 - soft_dice).item())
+    # favouring recall raises the price of the miss and lowers that of the false alarm
+    assert bce_dice_loss(missed, target, 0.7) > bce_dice_loss(missed, target, 0.5)
+    assert bce_dice_loss(false_alarm, target, 0.7) < bce_dice_loss(false_alarm, target, 0.5)
+    assert bce_dice_loss(confident, target, 0.7).item() < 0.01  # a perfect prediction stays free
+
+
 def test_learning_rate_warms_up_then_decays():
     config = TrainConfig(learning_rate=1e-3, warmup_steps=10)
     assert learning_rate_at(0, 100, config) < learning_rate_at(9, 100, config) == 1e-3
