@@ -132,8 +132,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def unit_fraction(text: str) -> float:
-    """A number strictly between 0 and 1, for argparse."""
+def recall_weight(text: str) -> float:
+    """``--recall-weight``: a number strictly between 0 and 1."""
     try:
         value = float(text)
     except ValueError:
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
     train.add_argument("--augmentation", choices=("standard", "strong"), default="standard",
                        help="strong: also gamma, blur, noise and wider rotation/scale")
-    train.add_argument("--recall-weight", type=unit_fraction, default=0.5,
+    train.add_argument("--recall-weight", type=recall_weight, default=0.5,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

@@ -274,12 +274,12 @@ def describe_stages(stages: list[dict]) -> str:
                     "statistics measured again on training slices)")
         else:
             kept = f"best epoch {stage.get('best_epoch')}"
-        strong = ", *strong augmentation*" if training.get("augmentation") == "strong" else ""
+        recipe = ", *strong augmentation*" if training.get("augmentation") == "strong" else ""
         recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
         if recall != 0.5:
-            strong += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
+            recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
         lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
-                     f"{training['learning_rate']}{strong}; kept {kept}.")
+                     f"{training['learning_rate']}{recipe}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
         first_epoch = kept_epoch(stage) + 1
     return "\n".join(lines)

@@ -236,11 +236,6 @@ def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
     return np.where(positive, positive_fraction / n_positive, (1 - positive_fraction) / n_negative)
 
 
-def uses_bf16(device: torch.device, requested: bool = True) -> bool:
-    """Whether training on ``device`` runs under bfloat16 autocast: CUDA, or a CPU with native bf16 support."""
-    return requested and native_bf16(device)
-
-
 def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
                     threshold: float = 0.5) -> dict[str, float]:
     """Dice of each patient's whole stack of slices at the original resolution."""
@@ -394,7 +389,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    mixed_precision = uses_bf16(device, config.bf16)
+    mixed_precision = config.bf16 and native_bf16(device)
     recipe["mixed_precision"] = "bf16" if mixed_precision else "fp32"
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": epoch_offset}

@@ -10,6 +10,7 @@ from conftest import SAMPLES
 from torchvision import tv_tensors
 
 from mriseg.bundle import load_segmenter
+from mriseg.inference import native_bf16
 from mriseg.io import read_image_file, read_mask_file
 from mriseg.model import UNetConfig, create_model
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
@@ -22,10 +23,9 @@ from mriseg.training import (
     learning_rate_at,
     train,
     training_augmentation,
-    uses_bf16,
 )
 
-CPU_HAS_BF16 = uses_bf16(torch.device("cpu"))
+CPU_HAS_BF16 = native_bf16(torch.device("cpu"))
 
 
 def sample_tensors(slice_samples, grid=64):
