@@ -1,4 +1,4 @@
-"""App speed: re-render after a threshold change, upload-to-overlay time, and concurrent browser sessions.
+"""App speed: re-render after a threshold change, upload-to-overlay time, concurrent browser sessions, idle CPU.
 
 Run from the repository root:  .venv/bin/python benchmarks/app_benchmark.py [--sessions 5]
 Needs Debian's chromium for the browser parts (they are skipped with a note when it is missing).
@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from mriseg.case import sample_index  # noqa: E402
-from mriseg.devtools import CHROMIUM, launch_browser, open_sample, streamlit_server  # noqa: E402
+from mriseg.devtools import CHROMIUM, cpu_seconds, launch_browser, open_sample, streamlit_server  # noqa: E402
 
 
 def rerender_times(repeats: int) -> dict:
@@ -107,13 +107,17 @@ def main() -> None:
         print(f"{CHROMIUM} missing: browser timings skipped")
         return
     sample = REPO_ROOT / "samples" / "TCGA_HT_7686_19950629_10.png"
-    with streamlit_server() as (url, _), launch_browser() as browser:
+    with streamlit_server() as (url, server), launch_browser() as browser:
         first = upload_to_overlay(url, browser, sample)
         again = upload_to_overlay(url, browser, sample)
         print(f"upload to first overlay: {first:.2f} s (new file), {again:.2f} s (same file again, cached)")
         result = concurrent_sessions(url, browser, args.sessions)
         print(f"{result['sessions']} browser sessions opening samples at once: slowest {result['slowest_s']:.2f} s, "
               f"median {result['median_s']:.2f} s")
+        time.sleep(5)  # the pages have closed; let the server settle
+        before = cpu_seconds(server.pid)
+        time.sleep(10)
+        print(f"idle server: {100 * (cpu_seconds(server.pid) - before) / 10:.0f}% of a CPU core")
 
 
 if __name__ == "__main__":

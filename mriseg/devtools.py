@@ -92,6 +92,12 @@ def open_sample(page, entry: dict) -> None:
     button.click()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user plus system, in seconds (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_memory_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a process, in MiB (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

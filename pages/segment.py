@@ -88,8 +88,11 @@ def result_view() -> None:
     metrics[0].metric("Tumour area, this slice", area)
     if volume.n_slices > 1:
         metrics[1].metric("Tumour, all slices", f"{size['pixels']:,} px")
-        metrics[2].metric("Tumour volume", "unknown spacing" if size["volume_ml"] is None
-                          else f"{size['volume_ml']:.2f} mL")
+        if size["volume_ml"] is None:  # a short dash: a sentence here would be cut off at this width
+            metrics[2].metric("Tumour volume", "—", help="The file records no voxel spacing, so the volume in mL "
+                              "is unknown. NIfTI and DICOM files carry it; PNG and TIFF stacks do not.")
+        else:
+            metrics[2].metric("Tumour volume", f"{size['volume_ml']:.2f} mL")
     metrics[3].metric(f"Inference on {prediction.device}", f"{prediction.seconds * 1000:,.0f} ms",
                       help="Time of the forward pass for this file; later views reuse the result")
     if area_mm2 is None:

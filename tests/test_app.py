@@ -136,7 +136,7 @@ def test_volume_sample_starts_on_largest_predicted_slice(segmenter, sample_index
     largest = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
     assert at.slider(key="slice").value == largest + 1
     assert metric(at, "Tumour, all slices") == f"{int(mask.sum()):,} px"
-    assert metric(at, "Tumour volume") == "unknown spacing"
+    assert metric(at, "Tumour volume") == "—"
 
 
 def test_compare_page_shows_mriseg_dice(segmenter, sample_index):
