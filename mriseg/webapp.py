@@ -150,12 +150,17 @@ class View:
     presenter: bool
 
 
+# Body text grows for the back row; headings and metric values keep their larger size over it (their text sits in
+# the same <p> and <span> elements, so each rule names its own elements and everything inside them).
 PRESENTER_CSS = """<style>
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] {display: none;}
 .stMainBlockContainer {max-width: 100%; padding-top: 1rem;}
-.stMainBlockContainer p, .stMainBlockContainer label, .stMainBlockContainer span {font-size: 1.3rem;}
-[data-testid="stMetricValue"] {font-size: 3rem;}
-h1 {font-size: 3.2rem !important;}
+.stMainBlockContainer p, .stMainBlockContainer label, .stMainBlockContainer span,
+.stMainBlockContainer [data-baseweb="select"] div {font-size: 1.3rem;}
+.stMainBlockContainer h1, .stMainBlockContainer h1 * {font-size: 3.2rem !important;}
+.stMainBlockContainer h2, .stMainBlockContainer h2 *, .stMainBlockContainer h3, .stMainBlockContainer h3 * {
+    font-size: 2rem !important;}
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * {font-size: 3rem !important;}
 </style>"""
 
 

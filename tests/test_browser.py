@@ -148,3 +148,31 @@ def test_idle_server_leaves_the_cpu_alone(served, browser):
     busy = (cpu_seconds(process.pid) - before) / 5
     assert busy < 0.25, f"the idle server kept {busy:.0%} of a CPU core busy"
     page.close()
+
+
+def font_size(locator) -> float:
+    return float(locator.evaluate("element => parseFloat(getComputedStyle(element).fontSize)"))
+
+
+def test_presenter_mode_enlarges_text_and_keeps_headings_and_numbers_larger(server, browser, slice_samples):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    open_sample(page, slice_samples[0])
+    expect(page.get_by_text(re.compile(r"^Tumour at threshold"))).to_be_visible()
+    intro = page.get_by_text("A U-Net marks the FLAIR abnormality", exact=False).first
+    body_before = font_size(intro)
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    page.get_by_role("button", name="Presenter mode").click()
+    expect(page.get_by_role("button", name="Exit presenter mode")).to_be_visible()
+    expect(page.get_by_test_id("stSidebar")).to_be_hidden()
+
+    body = font_size(intro)
+    title = font_size(page.locator("h1 [data-heading-text]").first)
+    label = font_size(page.get_by_test_id("stMetricLabel").locator("p").first)
+    value = font_size(page.get_by_test_id("stMetricValue").locator("p").first)
+    assert body > body_before, "presenter mode should enlarge the body text for the back row"
+    assert title >= 2 * body, f"the title ({title} px) should stand well above the text ({body} px)"
+    assert value >= 2 * label, f"a metric's number ({value} px) should stand well above its label ({label} px)"
+    page.close()
