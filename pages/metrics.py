@@ -134,7 +134,10 @@ if log_path.exists():
     else:
         single_curves(curves, next(iter(groups.values())), model.config)
     curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",
-                         yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1]), height=380)
+                         yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1], tickmode="linear",
+                                     tick0=0, dtick=0.2, showgrid=False), height=440,
+                         # below the plot: at its right the legend would cover the Dice axis
+                         legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
     st.plotly_chart(curves, key="training_curves")
 with st.expander(f"Validation patients ({len(validation)})"):
     st.write(", ".join(validation))
