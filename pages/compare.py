@@ -89,10 +89,11 @@ def step_lesson(delta: int) -> None:
 
 
 st.session_state.setdefault("lesson_threshold", lesson_thresholds[-1])
-buttons = st.columns([1, 1, 2, 6])
-buttons[0].button("Lower", icon=":material/arrow_back:", on_click=step_lesson, args=(-1,), width="stretch")
-buttons[1].button("Higher", icon=":material/arrow_forward:", on_click=step_lesson, args=(1,), width="stretch")
-playing = buttons[2].toggle("Play (steps down)", key="lesson_play")
+# A row sized by its content: fixed-width columns cut the labels to "Lo…" and "Hi…" on a laptop screen.
+with st.container(horizontal=True, vertical_alignment="center"):
+    st.button("Lower", icon=":material/arrow_back:", on_click=step_lesson, args=(-1,))
+    st.button("Higher", icon=":material/arrow_forward:", on_click=step_lesson, args=(1,))
+    playing = st.toggle("Play (steps down)", key="lesson_play")
 
 
 @st.fragment(run_every=1.2 if playing else None)
@@ -117,7 +118,8 @@ def threshold_lesson() -> None:
     figure.add_scatter(x=lesson_thresholds, y=[row["dice"] for row in curve], mode="lines+markers", name="Dice")
     figure.add_scatter(x=[lesson], y=[curve[point]["dice"]], mode="markers", marker=dict(size=16, color="#f0b429"),
                        name="lesson threshold")
-    figure.add_vline(x=threshold, line_dash="dash", annotation_text="app threshold")
+    figure.add_vline(x=threshold, line_dash="dash", annotation_text="app threshold",
+                     annotation_position="bottom right")  # at the top it would sit on the Dice curve
     figure.update_layout(xaxis_title="threshold", yaxis_title="Dice", yaxis_range=[0, 1.02], height=300,
                          margin=dict(t=20, b=40))
     right.plotly_chart(figure, key="lesson_curve")

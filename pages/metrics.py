@@ -75,7 +75,8 @@ else:
                            mode="lines+markers")
         figure.update_layout(yaxis_title="tumour pixels")
         st.caption(f"{case.name} has no ground truth: predicted tumour area at each threshold.")
-    figure.add_vline(x=threshold, line_dash="dash", annotation_text=f"current {threshold:.2f}")
+    figure.add_vline(x=threshold, line_dash="dash", annotation_text=f"current {threshold:.2f}",
+                     annotation_position="bottom right")  # at the top it would sit on the Dice curve
     figure.update_layout(xaxis_title="threshold", height=360, margin=dict(t=30, b=40))
     st.plotly_chart(figure, key="case_curve")
     if case.truth is None:
@@ -120,7 +121,8 @@ sweep_figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volu
 if "per_volume_dice_median" in sweep[0]:
     sweep_figure.add_scatter(x=[row["threshold"] for row in sweep],
                              y=[row["per_volume_dice_median"] for row in sweep], name="median", mode="lines+markers")
-sweep_figure.add_vline(x=threshold, line_dash="dash", annotation_text="current")
+sweep_figure.add_vline(x=threshold, line_dash="dash", annotation_text="current",
+                       annotation_position="bottom right")
 sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=380)
 right.plotly_chart(sweep_figure, key="sweep")
 

@@ -176,3 +176,30 @@ def test_presenter_mode_enlarges_text_and_keeps_headings_and_numbers_larger(serv
     assert title >= 2 * body, f"the title ({title} px) should stand well above the text ({body} px)"
     assert value >= 2 * label, f"a metric's number ({value} px) should stand well above its label ({label} px)"
     page.close()
+
+
+# Streamlit ends a label or metric that does not fit with "…" inside a .stMarkdownEllipsis box.
+CUT_OFF_TEXT = """() => Array.from(document.querySelectorAll(".stMarkdownEllipsis"))
+  .filter(element => element.offsetParent !== null && element.scrollWidth > element.clientWidth + 1)
+  .map(element => element.textContent)"""
+
+
+def test_no_label_or_number_is_cut_off_on_a_laptop_screen(server, browser, sample_index):
+    """Buttons and metrics show their whole text at 1280x800 on every page, with a volume open (it shows the
+    most metrics)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server)
+    open_sample(page, next(e for e in sample_index if e["category"] == "volume"))
+    expect(page.get_by_text("Tumour volume")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    assert page.evaluate(CUT_OFF_TEXT) == []
+    for link, ready in (("Compare with ground truth", page.get_by_role("button", name="Higher")),
+                        ("Metrics", page.get_by_text("Per-volume Dice, mean")),
+                        ("How it works", page.get_by_text(re.compile(r"^channel \d+$")).first)):
+        page.get_by_role("link", name=link).click()
+        expect(ready).to_be_visible()
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        assert page.evaluate(CUT_OFF_TEXT) == [], f"on the {link} page"
+    page.close()
