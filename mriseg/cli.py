@@ -1,4 +1,4 @@
-"""Command line: ``python -m mriseg {train,average,evaluate,predict,export,bench} ...``."""
+"""Command line: ``python -m mriseg <command> ...``; ``python -m mriseg <command> --help`` lists a command's options."""
 
 from __future__ import annotations
 
@@ -188,7 +188,11 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mriseg", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mriseg",
+        description="Brain tumour (LGG FLAIR) segmentation: train, evaluate and ship the U-Net, segment files. "
+                    "For teaching and research, never diagnosis.",
+        epilog="python -m mriseg <command> --help lists a command's options.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train the U-Net on a folder in the Kaggle LGG layout")

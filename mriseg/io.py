@@ -79,7 +79,7 @@ def file_kind(filename: str) -> str:
         return "zip"
     raise InputError(
         f"{filename}: unsupported file type '{suffix or 'no extension'}'. "
-        f"Upload one of: {', '.join(SUPPORTED_EXTENSIONS)}"
+        f"mriseg reads: {', '.join(SUPPORTED_EXTENSIONS)}"
     )
 
 
