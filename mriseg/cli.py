@@ -26,6 +26,7 @@ def _train(args: argparse.Namespace) -> int:
         bf16=not args.fp32,
         augmentation=args.augmentation,
         recall_weight=args.recall_weight,
+        dice_per_slice=args.dice_per_slice,
         architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
         preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
     )
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recall-weight", type=recall_weight, default=0.5,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")
+    train.add_argument("--dice-per-slice", action="store_true",
+                       help="Dice term on each slice with tumour, averaged (default: over the whole batch), so the "
+                            "small tumour at a lesion's edges counts as much as its large middle")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")

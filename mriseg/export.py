@@ -278,6 +278,8 @@ def describe_stages(stages: list[dict]) -> str:
         recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
         if recall != 0.5:
             recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
+        if training.get("dice_per_slice"):
+            recipe += ", Dice term per slice with tumour (small tumour counts as much as large)"
         lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
                      f"{training['learning_rate']}{recipe}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
@@ -296,6 +298,8 @@ def train_options(stage: dict, model: dict) -> str:
         # runs from before the strong recipe existed record no augmentation
         ("augmentation", training.get("augmentation", "standard"), "standard"),
         ("recall-weight", training.get("recall_weight", 0.5), 0.5)) if value != default]
+    if training.get("dice_per_slice"):
+        options.append("--dice-per-slice")
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")
     return "".join(f" {option}" for option in options)

@@ -59,6 +59,9 @@ class TrainConfig:
         recall_weight: how much the overlap term of the loss penalises missed tumour against false alarms (the
             Tversky index); 0.5 weighs both alike and is the soft Dice, above 0.5 favours recall (faint tumour
             edges are the commonest misses here), below favours precision.
+        dice_per_slice: take the overlap term on each slice that has tumour and average, instead of over the
+            whole batch: pooled, large tumours outweigh the small ones at a lesion's top and bottom slices, which
+            are where the misses are (per-volume Dice counts a small lesion as much as a large one).
     """
 
     epochs: int = 40
@@ -72,6 +75,7 @@ class TrainConfig:
     bf16: bool = True
     augmentation: str = "standard"
     recall_weight: float = 0.5
+    dice_per_slice: bool = False
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -196,12 +200,14 @@ class SliceDataset(Dataset):
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: float = 0.5,
-                  smooth: float = 1.0) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice over the batch (a Tversky index when ``recall_weight`` is not 0.5).
+                  smooth: float = 1.0, per_slice: bool = False) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice (a Tversky index when ``recall_weight`` is not 0.5).
 
     Cross-entropy alone is dominated by the ~99 % background pixels; the Dice term measures overlap with the
     tumour itself, whatever its size. Its denominator 2·TP + FP + FN becomes 2·TP + 2(1-w)·FP + 2w·FN, so
-    ``recall_weight`` w above 0.5 makes a missed tumour pixel cost more than a false alarm.
+    ``recall_weight`` w above 0.5 makes a missed tumour pixel cost more than a false alarm. The Dice term is
+    taken over the whole batch, or with ``per_slice`` on each slice that has tumour and averaged (tumour-free
+    slices then count through the cross-entropy only).
 
     Example:
         >>> target = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
@@ -211,12 +217,17 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: flo
     """
     bce = F.binary_cross_entropy_with_logits(logits, target)
     probabilities = torch.sigmoid(logits)
-    true_positive = (probabilities * target).sum()
-    false_positive = probabilities.sum() - true_positive
-    false_negative = target.sum() - true_positive
+    dims = tuple(range(1, target.ndim)) if per_slice else tuple(range(target.ndim))
+    true_positive = (probabilities * target).sum(dims)
+    false_positive = probabilities.sum(dims) - true_positive
+    false_negative = target.sum(dims) - true_positive
     overlap = (2 * true_positive + smooth) / (
         2 * true_positive + 2 * (1 - recall_weight) * false_positive + 2 * recall_weight * false_negative + smooth)
-    return bce + (1 - overlap)
+    if per_slice:
+        overlap = overlap[target.sum(dims) > 0]
+        if overlap.numel() == 0:
+            return bce
+    return bce + (1 - overlap).mean()
 
 
 def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -415,7 +426,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             target = target.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
                 logits = model(batch)
-            loss = bce_dice_loss(logits.float(), target, config.recall_weight)
+            loss = bce_dice_loss(logits.float(), target, config.recall_weight, per_slice=config.dice_per_slice)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

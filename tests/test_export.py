@@ -137,7 +137,8 @@ def test_a_warm_restart_moves_to_a_finer_grid(kaggle_folder, tmp_path, slice_sam
     train(kaggle_folder, tmp_path / "stage1", split, coarse, device="cpu")
     export_run(tmp_path / "stage1", kaggle_folder, tmp_path / "stage1" / "weights", device="cpu")
 
-    fine = TrainConfig(epochs=2, preprocessing=PreprocessingConfig(grid_size=96), recall_weight=0.7, **tiny)
+    fine = TrainConfig(epochs=2, preprocessing=PreprocessingConfig(grid_size=96), recall_weight=0.7,
+                       dice_per_slice=True, **tiny)
     train(kaggle_folder, tmp_path / "stage2", split, fine, device="cpu", init_from=tmp_path / "stage1" / "weights")
     export_run(tmp_path / "stage2", kaggle_folder, tmp_path / "shipped", device="cpu")
 
@@ -148,9 +149,11 @@ def test_a_warm_restart_moves_to_a_finer_grid(kaggle_folder, tmp_path, slice_sam
     assert "warm restart from the weights of stage 1, moved to the 96x96 grid" in card
     first, second = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
     assert "--grid 64" in first and "--grid 96" in second
-    # the second stage also weighed missed tumour more: its card line and its command say so, the first's not
+    # the second stage also weighed missed tumour more, per slice: its card line and its command say so, not the first's
     assert "Tversky loss with recall weight 0.7" in card and card.count("recall weight") == 1
     assert "--recall-weight" not in first and "--recall-weight 0.7" in second
+    assert card.count("Dice term per slice") == 1
+    assert "--dice-per-slice" not in first and "--dice-per-slice" in second
     # both stages ran with the same precision, and each command says so
     assert ("--fp32" in first) == ("--fp32" in second)
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")

@@ -110,6 +110,23 @@ def test_recall_weight_makes_misses_cost_more_than_false_alarms():
     assert bce_dice_loss(confident, target, 0.7).item() < 0.01  # a perfect prediction stays free
 
 
+def test_dice_per_slice_counts_a_small_missed_tumour_as_much_as_a_large_found_one():
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, :, 2:14, 2:14] = 1  # a large tumour, found
+    target[1, :, 7:9, 7:9] = 1  # a small one (the top slice of a lesion), missed
+    logits = (target * 2 - 1) * 20
+    logits[1] = -20
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    # pooled over the batch the miss hardly shows (144 of 148 tumour pixels found); per slice it costs a whole slice
+    assert bce_dice_loss(logits, target).item() - bce.item() < 0.02
+    assert bce_dice_loss(logits, target, per_slice=True).item() - bce.item() == pytest.approx(0.5 * (1 - 1 / 5))
+    # one slice alone: both ways agree; tumour-free slices add no Dice term per slice
+    assert bce_dice_loss(logits[:1], target[:1], per_slice=True) == pytest.approx(bce_dice_loss(logits[:1], target[:1]))
+    empty = torch.zeros(2, 1, 16, 16)
+    assert bce_dice_loss(empty - 20, empty, per_slice=True).item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(empty - 20, empty).item())
+
+
 def test_learning_rate_warms_up_then_decays():
     config = TrainConfig(learning_rate=1e-3, warmup_steps=10)
     assert learning_rate_at(0, 100, config) < learning_rate_at(9, 100, config) == 1e-3
