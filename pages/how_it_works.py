@@ -5,6 +5,7 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.explain import architecture_dot, describe
+from mriseg.export import training_stages
 from mriseg.model import unet_grid, unet_members
 from mriseg.visualize import display_image
 
@@ -109,6 +110,13 @@ st.markdown(
     "is therefore 99 % accurate in pixel terms, and cross-entropy alone, averaged over all pixels, is dominated "
     "by the easy background too. So mriseg trains with **binary cross-entropy + soft Dice**: cross-entropy "
     "keeps every pixel's probability calibrated, and the Dice term, 1 − 2|P∩T| / (|P| + |T|), scores only the "
-    "overlap with the tumour itself, whatever its size, so missing a small tumour costs as much as missing a "
-    "large one. That is also why the results are reported as Dice per patient rather than pixel accuracy."
+    "overlap with the tumour itself, so the empty background cannot hide a miss. That is also why the results "
+    "are reported as Dice per patient rather than pixel accuracy."
 )
+stages = [stage for member in model.config.get("members", [model.config]) for stage in training_stages(member)]
+if any(stage.get("training", {}).get("dice_per_slice") for stage in stages):
+    st.markdown(
+        "Taken over a whole batch of slices at once, the Dice term is ruled by the large middle slices of big "
+        "tumours. Part of this model's training took it **on each slice with tumour** and averaged: the small "
+        "patch at a lesion's top or bottom slice, where most misses are, then counts as much as a large one."
+    )

@@ -50,6 +50,8 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     shown = [m.value for m in at.markdown if re.match(r"\*\*.+\*\*: \d+ channels", m.value)]
     assert shown == [f"**output**: {encoder_3.out_channels} channels of {encoder_3.side}x{encoder_3.side}"]
     assert any("cross-entropy" in m.value for m in at.markdown)
+    # the shipped ensemble's second U-Net ended with --dice-per-slice, and the page reads that from its config
+    assert any("on each slice with tumour" in m.value for m in at.markdown)
 
 
 def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segmenter):
