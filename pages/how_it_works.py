@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 from mriseg import webapp
+from mriseg.bundle import member_configs
 from mriseg.explain import architecture_dot, describe
 from mriseg.export import training_stages
 from mriseg.model import unet_grid, unet_members
@@ -113,7 +114,7 @@ st.markdown(
     "overlap with the tumour itself, so the empty background cannot hide a miss. That is also why the results "
     "are reported as Dice per patient rather than pixel accuracy."
 )
-stages = [stage for member in model.config.get("members", [model.config]) for stage in training_stages(member)]
+stages = [stage for member in member_configs(model.config) for stage in training_stages(member)]
 if any(stage.get("training", {}).get("dice_per_slice") for stage in stages):
     st.markdown(
         "Taken over a whole batch of slices at once, the Dice term is ruled by the large middle slices of big "
