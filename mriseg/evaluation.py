@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mriseg.data import PatientCase, find_cases
 from mriseg.inference import Segmenter
-from mriseg.metrics import compare, dice
+from mriseg.metrics import bootstrap_interval, compare, dice
 from mriseg.postprocessing import PostprocessingConfig, binarize
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
@@ -105,7 +105,9 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
     return {
         "per_volume_dice": {"mean": float(dice_values.mean()), "median": float(np.median(dice_values)),
                             "std": float(dice_values.std()), "min": float(dice_values.min()),
-                            "max": float(dice_values.max())},
+                            "max": float(dice_values.max()),
+                            # how far the mean could move on another draw of as many patients
+                            "mean_ci95": list(bootstrap_interval(dice_values))},
         "patients": {name: row["dice"] for name, row in per_patient.items()},
         "patient_metrics": per_patient,
         "positive_slice_dice": float(np.mean(positive_slice_dice)) if positive_slice_dice else None,
@@ -150,6 +152,12 @@ def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | N
     return report
 
 
+def interval_text(report: dict, spec: str = ".3f") -> str:
+    """The 95% interval of the mean per-volume Dice as "low-high"."""
+    low, high = report["per_volume_dice"]["mean_ci95"]
+    return f"{low:{spec}}-{high:{spec}}"
+
+
 def format_report(report: dict) -> str:
     """A readable table of the report for the terminal."""
     lines = [
@@ -158,6 +166,8 @@ def format_report(report: dict) -> str:
         f"threshold {report['threshold']:.2f}",
         "",
         f"{'per-volume Dice mean':32s} {report['per_volume_dice']['mean']:.4f}",
+        f"{'  95% interval of the mean':32s} {interval_text(report, '.4f')} "
+        f"(bootstrap over the {report['n_patients']} patients)",
         f"{'per-volume Dice median':32s} {report['per_volume_dice']['median']:.4f}",
     ]
     if report["positive_slice_dice"] is not None:

@@ -114,3 +114,33 @@ def compare(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...
         predicted_pixels=int(np.count_nonzero(prediction)),
         truth_pixels=int(np.count_nonzero(truth)),
     )
+
+
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one per patient).
+
+    With a few dozen patients, a mean Dice is uncertain by several hundredths; the interval says how far the
+    same model could land on another draw of patients like these. Seeded, so a report is reproducible.
+
+    Args:
+        values: one number per patient (at least one).
+        confidence: the share of resampled means the interval holds.
+        resamples: how many times the patients are drawn again, with replacement.
+        seed: seeds the draws.
+
+    Returns:
+        (low, high), the interval's ends.
+
+    Example:
+        >>> bootstrap_interval([0.5, 0.5, 0.5])  # every patient alike: no uncertainty
+        (0.5, 0.5)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("a bootstrap interval needs a non-empty list of per-patient values")
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[draws].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

@@ -12,6 +12,7 @@ from mriseg import webapp
 from mriseg.bundle import kept_epoch, member_configs
 from mriseg.case import threshold_curve
 from mriseg.ensemble import log_by_member
+from mriseg.evaluation import interval_text
 from mriseg.export import optional
 
 
@@ -107,6 +108,10 @@ cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median'
 # Undefined where the validation set has no such slices: "n/a", as in the model card.
 cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
 cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
+if "mean_ci95" in report["per_volume_dice"]:
+    st.caption(f"95% interval of the mean: **{interval_text(report)}** (bootstrap over the {report['n_patients']} "
+               "patients). Another draw of as many patients like these could put the same model anywhere in it, "
+               "so two models whose means differ by 0.01 cannot be told apart on this set.")
 
 left, right = st.columns(2)
 patients = report["patients"]

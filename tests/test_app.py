@@ -179,6 +179,8 @@ def test_metrics_page_for_case_and_model(slice_samples):
     assert not at.exception, at.exception
     report = json.loads((REPO_ROOT / "weights" / "evaluation.json").read_text())
     assert metric(at, "Per-volume Dice, mean") == f"{report['per_volume_dice']['mean']:.3f}"
+    low, high = report["per_volume_dice"]["mean_ci95"]
+    assert any(f"95% interval of the mean: **{low:.3f}-{high:.3f}**" in caption.value for caption in at.caption)
     assert any(f"{report['n_patients']} validation patients" in m.value for m in at.markdown)
     charts = at.get("plotly_chart")
     assert len(charts) >= 4  # case curve, per-patient strip, sweep, training curves

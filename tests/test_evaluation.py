@@ -22,7 +22,11 @@ def test_report_on_sample_folder(segmenter, kaggle_folder, slice_samples):
     assert report["n_slices"] == len(slice_samples)
     assert all({"threshold", "per_volume_dice_mean"} <= set(row) for row in report["threshold_sweep"])
     assert np.mean(list(report["patients"].values())) == pytest.approx(report["per_volume_dice"]["mean"])
-    assert "per-volume Dice mean" in format_report(report)
+    low, high = report["per_volume_dice"]["mean_ci95"]
+    assert min(report["patients"].values()) <= low <= report["per_volume_dice"]["mean"] <= high
+    assert high <= max(report["patients"].values())
+    text = format_report(report)
+    assert "per-volume Dice mean" in text and f"{low:.4f}-{high:.4f}" in text
     json.dumps(report)  # JSON-ready
 
 

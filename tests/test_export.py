@@ -62,6 +62,8 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
     assert f"epochs {best + 1}-{best + 3}" in card and f"epochs {best + 2}-{best + 3} averaged" in card
     assert f"--epochs {best + 2}-{best + 3}" in card and "--init runs/stage1/weights" in card
     assert "export --run runs/stage2 --source average" in card
+    low, high = report["per_volume_dice"]["mean_ci95"]
+    assert f"{report['per_volume_dice']['mean']:.3f} (95% interval {low:.3f}-{high:.3f})" in card
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
     assert segmenter.postprocessing.threshold == report["threshold"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mriseg.metrics import compare, dice, hd95, iou, precision, recall
+from mriseg.metrics import bootstrap_interval, compare, dice, hd95, iou, precision, recall
 
 
 def masks_from(*rows: str) -> np.ndarray:
@@ -68,3 +68,24 @@ def test_compare_reports_everything():
     truth[2:5, 2:5] = True
     report = compare(truth, truth)
     assert report.dice == 1.0 and report.truth_pixels == 9 and report.predicted_pixels == 9
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_patients():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.4, 1.0, 18), rng.uniform(0.4, 1.0, 400)
+    low, high = bootstrap_interval(few)
+    assert low < few.mean() < high
+    # the mean of 18 values spread over 0.4-1.0 is uncertain by several hundredths; of 400, by much less
+    assert 0.08 < high - low < 0.25
+    many_low, many_high = bootstrap_interval(many)
+    assert many_high - many_low < (high - low) / 3
+    assert bootstrap_interval(few) == (low, high)  # seeded: a report is reproducible
+    assert bootstrap_interval([0.7, 0.7]) == pytest.approx((0.7, 0.7))
+    # a wider confidence, a wider interval
+    wide_low, wide_high = bootstrap_interval(few, confidence=0.99)
+    assert wide_low < low and wide_high > high
+
+
+def test_bootstrap_interval_needs_values():
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
