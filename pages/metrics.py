@@ -117,6 +117,13 @@ left, right = st.columns(2)
 patients = report["patients"]
 strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
                          pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+if "mean_ci95" in report["per_volume_dice"]:
+    mean = report["per_volume_dice"]["mean"]
+    low, high = report["per_volume_dice"]["mean_ci95"]
+    strip.add_scatter(x=["mean, 95% interval"], y=[mean], mode="markers", marker_size=10,
+                      error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low]),
+                      hovertemplate=f"mean {mean:.3f}, 95% interval {low:.3f}-{high:.3f}<extra></extra>")
+strip.update_layout(showlegend=False)
 strip.update_layout(title="Per-patient Dice", yaxis_title="Dice", yaxis_range=[0, 1.02], height=380)
 left.plotly_chart(strip, key="patients_strip")
 sweep = report["threshold_sweep"]

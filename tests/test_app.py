@@ -184,3 +184,7 @@ def test_metrics_page_for_case_and_model(slice_samples):
     assert any(f"{report['n_patients']} validation patients" in m.value for m in at.markdown)
     charts = at.get("plotly_chart")
     assert len(charts) >= 4  # case curve, per-patient strip, sweep, training curves
+    strip = json.loads(next(chart for chart in charts if "Per-patient Dice" in chart.proto.spec).proto.spec)
+    mean_trace = next(trace for trace in strip["data"] if trace.get("x") == ["mean, 95% interval"])
+    assert mean_trace["y"][0] - mean_trace["error_y"]["arrayminus"][0] == pytest.approx(low)
+    assert mean_trace["y"][0] + mean_trace["error_y"]["array"][0] == pytest.approx(high)
