@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def _segmenter(args: argparse.Namespace):
     print(f"model: {folder}  device: {segmenter.device_label}", file=sys.stderr)
     # A model exported with --tta was tuned and scored with it, so it is used with it.
     return segmenter, config, args.tta or bool(config.get("tta_default"))
+
+
+def _compare_reports(args: argparse.Namespace) -> int:
+    from mriseg.evaluation import compare_reports, format_comparison
+
+    reports = []
+    for path in (args.baseline, args.candidate):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no report at {path}: write one with `python -m mriseg evaluate --out`")
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not an evaluation report (JSON): {error}") from error
+        if "patients" not in reports[-1]:
+            raise ValueError(f"{path} has no per-patient Dice: write it with `python -m mriseg evaluate --out`")
+    print(format_comparison(compare_reports(*reports)))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -251,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only the patients of this side of the split (default: every patient in --data)")
     evaluate.add_argument("--tta", action="store_true", help="average with the mirrored image")
     evaluate.set_defaults(handler=_evaluate)
+
+    compare = commands.add_parser("compare-reports",
+                                  help="is one model better than another? paired over the patients of two reports")
+    compare.add_argument("baseline", help="evaluation report (evaluate --out) of the model to beat")
+    compare.add_argument("candidate", help="report of the new model on the same patients")
+    compare.set_defaults(handler=_compare_reports)
 
     predict = commands.add_parser("predict", help="segment image files and write masks")
     predict.add_argument("files", nargs="+", help="PNG/JPEG/BMP/TIFF, DICOM (.dcm or .zip series), NIfTI")

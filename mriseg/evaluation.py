@@ -190,3 +190,54 @@ def format_report(report: dict) -> str:
 def write_report(report: dict, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def compare_reports(baseline: dict, candidate: dict, margin: float = 0.005) -> dict:
+    """Is ``candidate`` better than ``baseline``? Paired over the patients both reports scored.
+
+    Two models' separate intervals overlap almost always on a few dozen patients; pairing each patient with itself
+    removes how hard that patient is, so the interval of the mean difference is far narrower.
+
+    Args:
+        baseline: an evaluation report (``evaluate --out``), the model to beat.
+        candidate: a report on the same patients.
+        margin: a patient counts as better or worse only beyond this Dice difference.
+
+    Returns:
+        The patients compared, both means, the mean difference (candidate - baseline) with its 95% bootstrap
+        interval, and the patients better and worse by more than ``margin`` (name -> difference).
+    """
+    shared = sorted(set(baseline["patients"]) & set(candidate["patients"]))
+    if not shared:
+        raise ValueError("the two reports have no patient in common: evaluate both models on the same folder")
+    differences = {name: candidate["patients"][name] - baseline["patients"][name] for name in shared}
+    values = np.array(list(differences.values()))
+    return {
+        "n_patients": len(shared),
+        "baseline_mean": float(np.mean([baseline["patients"][name] for name in shared])),
+        "candidate_mean": float(np.mean([candidate["patients"][name] for name in shared])),
+        "mean_difference": float(values.mean()),
+        "mean_difference_ci95": list(bootstrap_interval(values)),
+        "better": {name: diff for name, diff in differences.items() if diff > margin},
+        "worse": {name: diff for name, diff in differences.items() if diff < -margin},
+    }
+
+
+def format_comparison(comparison: dict) -> str:
+    """The comparison as a few lines for the terminal, ending with a verdict."""
+    low, high = comparison["mean_difference_ci95"]
+    if low > 0:
+        verdict = "the candidate is better on these patients (the interval lies above 0)"
+    elif high < 0:
+        verdict = "the candidate is worse on these patients (the interval lies below 0)"
+    else:
+        verdict = "no difference that these patients can show (the interval holds 0)"
+    lines = [f"patients in both reports: {comparison['n_patients']}",
+             f"per-volume Dice mean: baseline {comparison['baseline_mean']:.4f}, "
+             f"candidate {comparison['candidate_mean']:.4f}",
+             f"difference {comparison['mean_difference']:+.4f}, 95% interval {low:+.4f} to {high:+.4f} "
+             "(paired bootstrap over patients)",
+             f"better by more than 0.005: {len(comparison['better'])} patients; worse: {len(comparison['worse'])}"]
+    lines += [f"  {name:30s} {diff:+.4f}" for name, diff in
+              sorted({**comparison["better"], **comparison["worse"]}.items(), key=lambda item: item[1])]
+    return "\n".join(lines + [verdict])

@@ -51,6 +51,28 @@ def test_evaluate_writes_the_json_report(tmp_path, kaggle_folder):
     assert report["tta"] is False
 
 
+def test_compare_reports_pairs_two_models_on_the_same_patients(tmp_path, kaggle_folder):
+    reports = {}
+    for name, extra in (("plain", ()), ("mirrored", ("--tta",))):
+        reports[name] = tmp_path / f"{name}.json"
+        result = mriseg("evaluate", "--data", str(kaggle_folder), "--out", str(reports[name]), "--device", "cpu",
+                        *extra)
+        assert result.returncode == 0, result.stderr
+    result = mriseg("compare-reports", str(reports["plain"]), str(reports["mirrored"]))
+    assert result.returncode == 0, result.stderr
+    plain, mirrored = (json.loads(path.read_text()) for path in reports.values())
+    assert f"patients in both reports: {plain['n_patients']}" in result.stdout
+    assert (f"baseline {plain['per_volume_dice']['mean']:.4f}, candidate {mirrored['per_volume_dice']['mean']:.4f}"
+            in result.stdout)
+    assert "95% interval" in result.stdout and "paired bootstrap over patients" in result.stdout
+    not_a_report = tmp_path / "notes.json"
+    not_a_report.write_text('{"mean": 0.9}')
+    result = mriseg("compare-reports", str(reports["plain"]), str(not_a_report))
+    assert result.returncode == 2 and "has no per-patient Dice" in result.stderr and "Traceback" not in result.stderr
+    result = mriseg("compare-reports", str(reports["plain"]), str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and "no report at" in result.stderr
+
+
 def test_weights_tuned_with_tta_are_evaluated_with_it(tmp_path, kaggle_folder):
     weights = tmp_path / "weights"
     shutil.copytree(REPO_ROOT / "weights", weights)

@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from mriseg.evaluation import PatientPrediction, evaluate, format_report, summarize, tune_postprocessing
+from mriseg.evaluation import (
+    PatientPrediction,
+    compare_reports,
+    evaluate,
+    format_comparison,
+    format_report,
+    summarize,
+    tune_postprocessing,
+)
+from mriseg.metrics import bootstrap_interval
 from mriseg.postprocessing import PostprocessingConfig
 
 REQUIRED_KEYS = ("per_volume_dice", "patients", "positive_slice_dice", "empty_slice_fp_rate", "threshold_sweep",
@@ -68,3 +77,31 @@ def test_tuning_finds_the_threshold_and_speck_filter_that_help():
     config, score = tune_postprocessing([PatientPrediction("p", probabilities, truth)])
     assert config.threshold <= 0.35 and config.min_component_fraction > 0
     assert score == pytest.approx(1.0)
+
+
+def test_paired_comparison_sees_a_small_steady_gain_that_separate_intervals_hide():
+    hardness = np.linspace(0.4, 0.95, 18)  # patients from hard to easy
+    baseline = {"patients": {f"p{i}": float(v) for i, v in enumerate(hardness)}}
+    candidate = {"patients": {f"p{i}": float(v) + 0.02 for i, v in enumerate(hardness)}}
+    # each model's own interval spans far more than the 0.02 between them
+    own_low, own_high = bootstrap_interval(hardness)
+    assert own_high - own_low > 0.1
+    comparison = compare_reports(baseline, candidate)
+    assert comparison["n_patients"] == 18
+    assert comparison["mean_difference"] == pytest.approx(0.02)
+    assert comparison["mean_difference_ci95"] == pytest.approx([0.02, 0.02])
+    assert len(comparison["better"]) == 18 and not comparison["worse"]
+    assert "the candidate is better" in format_comparison(comparison)
+
+
+def test_paired_comparison_calls_a_mixed_change_no_difference():
+    baseline = {"patients": {f"p{i}": 0.8 for i in range(10)}}
+    candidate = {"patients": {f"p{i}": 0.8 + (0.05 if i % 2 else -0.05) for i in range(10)}}
+    candidate["patients"]["unseen"] = 0.1  # only patients in both reports count
+    comparison = compare_reports(baseline, candidate)
+    low, high = comparison["mean_difference_ci95"]
+    assert comparison["n_patients"] == 10 and low < 0 < high
+    assert len(comparison["better"]) == len(comparison["worse"]) == 5
+    assert "no difference that these patients can show" in format_comparison(comparison)
+    with pytest.raises(ValueError, match="no patient in common"):
+        compare_reports(baseline, {"patients": {"other": 0.9}})
