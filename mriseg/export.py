@@ -182,7 +182,8 @@ Per-volume Dice is the headline: all slices of a patient stacked, one Dice per p
 | HD95 (pixels, mean over patients with a prediction) | {optional(report['hd95_px'], '.1f')} |
 
 The interval is a bootstrap over the {report['n_patients']} patients: where the mean could land on another draw of
-as many patients. With this few, two models whose means differ by 0.01 cannot be told apart.
+as many patients. With this few, a difference of 0.01 between two models' means says little on its own;
+`python -m mriseg compare-reports` pairs each patient with itself for a sharper test.
 These validation patients also chose the epoch and the threshold, so the numbers are slightly optimistic;
 20 further patients of the data set are kept aside for an independent evaluation. Published patient-level
 results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`.

@@ -108,10 +108,11 @@ cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median'
 # Undefined where the validation set has no such slices: "n/a", as in the model card.
 cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
 cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
+# Reports written before the interval existed (an older Hub revision of the weights) lack it.
 if "mean_ci95" in report["per_volume_dice"]:
     st.caption(f"95% interval of the mean: **{interval_text(report)}** (bootstrap over the {report['n_patients']} "
                "patients). Another draw of as many patients like these could put the same model anywhere in it, "
-               "so two models whose means differ by 0.01 cannot be told apart on this set.")
+               "so a difference of 0.01 between two models' means says little on its own.")
 
 left, right = st.columns(2)
 patients = report["patients"]
