@@ -62,7 +62,7 @@ def _compare_reports(args: argparse.Namespace) -> int:
             reports.append(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not an evaluation report (JSON): {error}") from error
-        if "patients" not in reports[-1]:
+        if not isinstance(reports[-1], dict) or not isinstance(reports[-1].get("patients"), dict):
             raise ValueError(f"{path} has no per-patient Dice: write it with `python -m mriseg evaluate --out`")
     print(format_comparison(compare_reports(*reports)))
     return 0

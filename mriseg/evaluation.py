@@ -205,7 +205,7 @@ def compare_reports(baseline: dict, candidate: dict, margin: float = 0.005) -> d
 
     Returns:
         The patients compared, both means, the mean difference (candidate - baseline) with its 95% bootstrap
-        interval, and the patients better and worse by more than ``margin`` (name -> difference).
+        interval, the margin, and the patients better and worse by more than it (name -> difference).
     """
     shared = sorted(set(baseline["patients"]) & set(candidate["patients"]))
     if not shared:
@@ -218,6 +218,7 @@ def compare_reports(baseline: dict, candidate: dict, margin: float = 0.005) -> d
         "candidate_mean": float(np.mean([candidate["patients"][name] for name in shared])),
         "mean_difference": float(values.mean()),
         "mean_difference_ci95": list(bootstrap_interval(values)),
+        "margin": margin,
         "better": {name: diff for name, diff in differences.items() if diff > margin},
         "worse": {name: diff for name, diff in differences.items() if diff < -margin},
     }
@@ -237,7 +238,8 @@ def format_comparison(comparison: dict) -> str:
              f"candidate {comparison['candidate_mean']:.4f}",
              f"difference {comparison['mean_difference']:+.4f}, 95% interval {low:+.4f} to {high:+.4f} "
              "(paired bootstrap over patients)",
-             f"better by more than 0.005: {len(comparison['better'])} patients; worse: {len(comparison['worse'])}"]
+             f"better by more than {comparison['margin']}: {len(comparison['better'])} patients; "
+             f"worse: {len(comparison['worse'])}"]
     lines += [f"  {name:30s} {diff:+.4f}" for name, diff in
               sorted({**comparison["better"], **comparison["worse"]}.items(), key=lambda item: item[1])]
     return "\n".join(lines + [verdict])

@@ -109,7 +109,8 @@ cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median'
 cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
 cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
 # Reports written before the interval existed (an older Hub revision of the weights) lack it.
-if "mean_ci95" in report["per_volume_dice"]:
+interval = report["per_volume_dice"].get("mean_ci95")
+if interval:
     st.caption(f"95% interval of the mean: **{interval_text(report)}** (bootstrap over the {report['n_patients']} "
                "patients). Another draw of as many patients like these could put the same model anywhere in it, "
                "so a difference of 0.01 between two models' means says little on its own.")
@@ -118,9 +119,8 @@ left, right = st.columns(2)
 patients = report["patients"]
 strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
                          pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
-if "mean_ci95" in report["per_volume_dice"]:
-    mean = report["per_volume_dice"]["mean"]
-    low, high = report["per_volume_dice"]["mean_ci95"]
+if interval:
+    mean, (low, high) = report["per_volume_dice"]["mean"], interval
     strip.add_scatter(x=["mean, 95% interval"], y=[mean], mode="markers", marker_size=10,
                       error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low]),
                       hovertemplate=f"mean {mean:.3f}, 95% interval {low:.3f}-{high:.3f}<extra></extra>")

@@ -66,9 +66,11 @@ def test_compare_reports_pairs_two_models_on_the_same_patients(tmp_path, kaggle_
             in result.stdout)
     assert "95% interval" in result.stdout and "paired bootstrap over patients" in result.stdout
     not_a_report = tmp_path / "notes.json"
-    not_a_report.write_text('{"mean": 0.9}')
-    result = mriseg("compare-reports", str(reports["plain"]), str(not_a_report))
-    assert result.returncode == 2 and "has no per-patient Dice" in result.stderr and "Traceback" not in result.stderr
+    for text in ('{"mean": 0.9}', '{"patients": 3}', "[1, 2]"):
+        not_a_report.write_text(text)
+        result = mriseg("compare-reports", str(reports["plain"]), str(not_a_report))
+        assert result.returncode == 2 and "has no per-patient Dice" in result.stderr, text
+        assert "Traceback" not in result.stderr
     result = mriseg("compare-reports", str(reports["plain"]), str(tmp_path / "missing.json"))
     assert result.returncode == 2 and "no report at" in result.stderr
 

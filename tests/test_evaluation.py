@@ -91,7 +91,9 @@ def test_paired_comparison_sees_a_small_steady_gain_that_separate_intervals_hide
     assert comparison["mean_difference"] == pytest.approx(0.02)
     assert comparison["mean_difference_ci95"] == pytest.approx([0.02, 0.02])
     assert len(comparison["better"]) == 18 and not comparison["worse"]
-    assert "the candidate is better" in format_comparison(comparison)
+    text = format_comparison(comparison)
+    assert "the candidate is better" in text and "better by more than 0.005: 18 patients; worse: 0" in text
+    assert not compare_reports(baseline, candidate, margin=0.03)["better"]  # 0.02 is within a 0.03 margin
 
 
 def test_paired_comparison_calls_a_mixed_change_no_difference():
