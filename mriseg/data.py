@@ -19,6 +19,12 @@ from mriseg.io import read_image_file, read_mask_file
 SLICE_PATTERN = re.compile(r"^(?P<patient>.+)_(?P<index>\d+)\.(?P<ext>png|tif|tiff)$", re.IGNORECASE)
 
 
+def site_of(patient: str) -> str:
+    """Scanner site code (CS, DU, EZ, FG, HT) from a name like ``TCGA_CS_4941_19960909``; "unknown" otherwise."""
+    parts = patient.split("_")
+    return parts[1] if len(parts) > 2 else "unknown"
+
+
 @dataclass
 class PatientCase:
     """One patient folder: slice image files in head order with the mask file of each."""
@@ -29,9 +35,7 @@ class PatientCase:
 
     @property
     def site(self) -> str:
-        """Scanner site code (CS, DU, EZ, FG, HT) from a name like ``TCGA_CS_4941_19960909``."""
-        parts = self.name.split("_")
-        return parts[1] if len(parts) > 2 else "unknown"
+        return site_of(self.name)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the (slices, H, W) float32 image volume and the boolean mask volume."""

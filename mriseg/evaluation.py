@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mriseg.data import PatientCase, find_cases
+from mriseg.data import PatientCase, find_cases, site_of
 from mriseg.inference import Segmenter
-from mriseg.metrics import bootstrap_interval, compare, dice
+from mriseg.metrics import ReliabilityCounts, bootstrap_interval, compare, dice
 from mriseg.postprocessing import PostprocessingConfig, binarize
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
@@ -82,17 +82,30 @@ def tune_postprocessing(predictions: list[PatientPrediction], thresholds: tuple[
     return best, best_score
 
 
+def per_site_dice(patients: dict[str, float]) -> dict[str, dict]:
+    """Per-volume Dice grouped by scanner site (the second part of a TCGA name): does the model travel?"""
+    by_site: dict[str, list[float]] = {}
+    for name, value in patients.items():
+        by_site.setdefault(site_of(name), []).append(value)
+    return {site: {"n_patients": len(values), "mean": float(np.mean(values)), "median": float(np.median(values)),
+                   "min": float(np.min(values))}
+            for site, values in sorted(by_site.items())}
+
+
 def summarize(predictions: list[PatientPrediction], postprocessing: PostprocessingConfig,
               thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS) -> dict:
     """The evaluation report (JSON-ready) for predictions already made."""
     per_patient = {}
-    positive_slice_dice, empty_slices, empty_with_prediction = [], 0, 0
+    positive_slice_dice, positive_detected, empty_slices, empty_with_prediction = [], 0, 0, 0
+    reliability = ReliabilityCounts()
     for prediction in predictions:
         mask = binarize(prediction.probabilities, postprocessing)
         per_patient[prediction.name] = compare(mask, prediction.truth).to_dict()
+        reliability.add(prediction.probabilities, prediction.truth)
         for predicted_slice, true_slice in zip(mask, prediction.truth, strict=True):
             if true_slice.any():
                 positive_slice_dice.append(dice(predicted_slice, true_slice))
+                positive_detected += bool((predicted_slice & true_slice).any())
             else:
                 empty_slices += 1
                 empty_with_prediction += bool(predicted_slice.any())
@@ -110,8 +123,13 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
                             "mean_ci95": list(bootstrap_interval(dice_values))},
         "patients": {name: row["dice"] for name, row in per_patient.items()},
         "patient_metrics": per_patient,
+        "per_site": per_site_dice({name: row["dice"] for name, row in per_patient.items()}),
         "positive_slice_dice": float(np.mean(positive_slice_dice)) if positive_slice_dice else None,
+        # a slice with tumour counts as found when the mask touches the tumour on it
+        "positive_slice_detection_rate": positive_detected / len(positive_slice_dice) if positive_slice_dice else None,
         "empty_slice_fp_rate": empty_with_prediction / empty_slices if empty_slices else None,
+        "calibration": {"bins": reliability.table(), "ece": reliability.expected_calibration_error(),
+                        "ece_from_0.1": reliability.expected_calibration_error(from_probability=0.1)},
         "iou": mean_of("iou"),
         "precision": mean_of("precision"),
         "recall": mean_of("recall"),
@@ -158,6 +176,25 @@ def interval_text(report: dict, spec: str = ".3f") -> str:
     return f"{low:{spec}}-{high:{spec}}"
 
 
+def site_text(report: dict) -> str:
+    """Per-volume Dice mean by scanner site, as "CS 0.877 (3 patients), DU ..."."""
+    return ", ".join(f"{site} {row['mean']:.3f} ({row['n_patients']} patient{'s' * (row['n_patients'] > 1)})"
+                     for site, row in report["per_site"].items())
+
+
+def calibration_text(report: dict) -> str | None:
+    """What the probabilities mean, in a sentence: the calibration gap and how often a 0.8-0.9 pixel is tumour."""
+    calibration = report["calibration"]
+    if calibration["ece_from_0.1"] is None:
+        return None
+    text = (f"where the model gives a probability of 0.1 or more, it differs from the fraction of pixels that are "
+            f"tumour by {calibration['ece_from_0.1']:.3f} on average (expected calibration error)")
+    high = next((row for row in calibration["bins"] if round(row["low"], 2) == 0.8 and row["pixels"]), None)
+    if high is not None:
+        text += f"; pixels given 0.8-0.9 are tumour {high['tumour_fraction']:.0%} of the time"
+    return text
+
+
 def format_report(report: dict) -> str:
     """A readable table of the report for the terminal."""
     lines = [
@@ -172,6 +209,7 @@ def format_report(report: dict) -> str:
     ]
     if report["positive_slice_dice"] is not None:
         lines.append(f"{'Dice over slices with tumour':32s} {report['positive_slice_dice']:.4f}")
+        lines.append(f"{'slices with tumour found':32s} {report['positive_slice_detection_rate']:.2%}")
     if report["empty_slice_fp_rate"] is not None:
         lines.append(f"{'false positives, empty slices':32s} {report['empty_slice_fp_rate']:.2%}")
     lines += [f"{'IoU (per volume, mean)':32s} {report['iou']:.4f}",
@@ -179,6 +217,16 @@ def format_report(report: dict) -> str:
               f"{'recall (per volume, mean)':32s} {report['recall']:.4f}"]
     if report["hd95_px"] is not None:
         lines.append(f"{'HD95 (pixels, mean)':32s} {report['hd95_px']:.2f}")
+    lines += ["", "site  patients  per-volume Dice mean / median / worst"]
+    lines += [f"  {site:6s} {row['n_patients']:5d}     {row['mean']:.4f} / {row['median']:.4f} / {row['min']:.4f}"
+              for site, row in report["per_site"].items()]
+    lines += ["", "calibration: predicted probability against the tumour fraction observed (pixels)"]
+    lines += [f"  {row['low']:.1f}-{row['high']:.1f}  {row['pixels']:>11,d}  predicted {row['mean_probability']:.3f}"
+              f"  observed {row['tumour_fraction']:.3f}"
+              for row in report["calibration"]["bins"] if row["pixels"]]
+    gap = report["calibration"]["ece_from_0.1"]
+    if gap is not None:
+        lines.append(f"  mean gap where the probability is 0.1 or more (ECE): {gap:.3f}")
     lines += ["", "threshold  per-volume Dice mean / median"]
     lines += [f"  {row['threshold']:.2f}     {row['per_volume_dice_mean']:.4f} / {row['per_volume_dice_median']:.4f}"
               for row in report["threshold_sweep"]]

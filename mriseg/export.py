@@ -13,7 +13,15 @@ from pathlib import Path
 
 from mriseg.bundle import kept_epoch, load_model, member_configs, read_config, recipe_of, save_bundle
 from mriseg.data import find_cases
-from mriseg.evaluation import interval_text, predict_cases, summarize, tune_postprocessing, write_report
+from mriseg.evaluation import (
+    calibration_text,
+    interval_text,
+    predict_cases,
+    site_text,
+    summarize,
+    tune_postprocessing,
+    write_report,
+)
 from mriseg.inference import Segmenter
 from mriseg.model import Segmentation
 from mriseg.preprocessing import PreprocessingConfig
@@ -176,11 +184,14 @@ Per-volume Dice is the headline: all slices of a patient stacked, one Dice per p
 | per-volume Dice, median | {dice['median']:.3f} |
 | per-volume Dice, worst patient | {dice['min']:.3f} |
 | Dice over slices with tumour | {optional(report['positive_slice_dice'], '.3f')} |
+| slices with tumour where the mask touches it | {optional(report['positive_slice_detection_rate'], '.1%')} |
 | slices without tumour given a false positive | {optional(report['empty_slice_fp_rate'], '.1%')} |
 | IoU, per volume, mean | {report['iou']:.3f} |
 | precision / recall, per volume, mean | {report['precision']:.3f} / {report['recall']:.3f} |
 | HD95 (pixels, mean over patients with a prediction) | {optional(report['hd95_px'], '.1f')} |
 
+By scanner site (per-volume Dice mean): {site_text(report)}.
+{calibration_note(report)}
 The interval is a bootstrap over the {report['n_patients']} patients: where the mean could land on another draw of
 as many patients. With this few, a difference of 0.01 between two models' means says little on its own;
 `python -m mriseg compare-reports` pairs each patient with itself for a sharper test.
@@ -200,6 +211,14 @@ results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`
 python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 ```
 """
+
+
+def calibration_note(report: dict) -> str:
+    """The card's sentence on what the probability map means."""
+    text = calibration_text(report)
+    if text is None:
+        return "The model gave no pixel a probability of 0.1 or more on these patients."
+    return f"What the probability map means: {text} (`evaluation.json`, `calibration`)."
 
 
 def context_of(preprocessing: dict | None) -> int:

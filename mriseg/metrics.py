@@ -144,3 +144,63 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
+
+
+class ReliabilityCounts:
+    """Pixel counts per probability bin, for a reliability diagram: does a probability of 0.8 mean 80%?
+
+    Add (probabilities, truth) pairs one volume at a time; the counts stay small however many pixels pass.
+
+    Args:
+        bins: equal-width probability bins over [0, 1].
+
+    Example:
+        >>> counts = ReliabilityCounts(bins=2)
+        >>> counts.add(np.array([0.2, 0.2, 0.9, 0.9]), np.array([0, 0, 1, 0]))
+        >>> [row["tumour_fraction"] for row in counts.table()]
+        [0.0, 0.5]
+    """
+
+    def __init__(self, bins: int = 10) -> None:
+        if bins < 1:
+            raise ValueError("a reliability diagram needs at least one bin")
+        self.edges = np.linspace(0.0, 1.0, bins + 1)
+        self.pixels = np.zeros(bins)
+        self.probability_sum = np.zeros(bins)
+        self.tumour = np.zeros(bins)
+
+    def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
+        # float32, as the model gives them: in float64 a float32 0.7 is 0.69999998 and would land in the bin below
+        probabilities = np.asarray(probabilities, dtype=np.float32).ravel()
+        truth = np.asarray(truth, dtype=bool).ravel()
+        if probabilities.shape != truth.shape:
+            raise ValueError(f"{probabilities.size} probabilities but {truth.size} ground-truth pixels")
+        bins = len(self.pixels)
+        index = np.clip((probabilities * np.float32(bins)).astype(np.int64), 0, bins - 1)
+        self.pixels += np.bincount(index, minlength=bins)
+        self.probability_sum += np.bincount(index, weights=probabilities, minlength=bins)
+        self.tumour += np.bincount(index, weights=truth, minlength=bins)
+
+    def table(self) -> list[dict]:
+        """One row per bin: its range, pixel count, mean predicted probability and observed tumour fraction
+        (None for an empty bin)."""
+        rows = []
+        for low, high, pixels, probability_sum, tumour in zip(self.edges[:-1], self.edges[1:], self.pixels,
+                                                              self.probability_sum, self.tumour, strict=True):
+            rows.append({"low": float(low), "high": float(high), "pixels": int(pixels),
+                         "mean_probability": float(probability_sum / pixels) if pixels else None,
+                         "tumour_fraction": float(tumour / pixels) if pixels else None})
+        return rows
+
+    def expected_calibration_error(self, from_probability: float = 0.0) -> float | None:
+        """Pixel-weighted mean gap between predicted probability and observed tumour fraction.
+
+        Over all pixels the confident background (probability near 0, almost never tumour) dominates and the
+        error looks tiny; ``from_probability`` = 0.1 keeps only the bins from 0.1 up, where the model sees
+        possible tumour, which is what the heat map shows. None when those bins hold no pixel.
+        """
+        kept = self.edges[:-1] >= from_probability - 1e-9
+        pixels = self.pixels[kept].sum()
+        if pixels == 0:
+            return None
+        return float(np.abs(self.probability_sum[kept] - self.tumour[kept]).sum() / pixels)

@@ -12,7 +12,7 @@ from mriseg import webapp
 from mriseg.bundle import kept_epoch, member_configs
 from mriseg.case import threshold_curve
 from mriseg.ensemble import log_by_member
-from mriseg.evaluation import interval_text
+from mriseg.evaluation import calibration_text, interval_text
 from mriseg.export import optional
 
 
@@ -50,6 +50,34 @@ def ensemble_curves(curves: go.Figure, groups: dict[int, list[dict]], members: l
         if kept in dice_by_epoch:
             curves.add_scatter(x=[kept], y=[dice_by_epoch[kept]], yaxis="y2", mode="markers",
                                marker=dict(symbol="star", size=14), name=f"U-Net {number}: kept epoch {kept}")
+
+
+def reliability_figure(calibration: dict) -> go.Figure:
+    """Predicted probability against the tumour fraction observed, bin by bin, beside the perfect diagonal."""
+    rows = [row for row in calibration["bins"] if row["pixels"]]
+    figure = go.Figure()
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dash", line_color="gray",
+                       name="perfectly calibrated", hoverinfo="skip")
+    figure.add_scatter(x=[row["mean_probability"] for row in rows], y=[row["tumour_fraction"] for row in rows],
+                       mode="lines+markers", name="this model",
+                       text=[f"{row['low']:.1f}-{row['high']:.1f}: {row['pixels']:,} pixels" for row in rows],
+                       hovertemplate="%{text}<br>predicted %{x:.2f}, tumour %{y:.2f}<extra></extra>")
+    figure.update_layout(title="Does a probability of 0.8 mean 80%?", xaxis_title="predicted tumour probability",
+                         yaxis_title="fraction of those pixels that are tumour", xaxis_range=[0, 1],
+                         yaxis_range=[0, 1.02], height=380, legend=dict(orientation="h", y=-0.25, x=0))
+    return figure
+
+
+def site_figure(per_site: dict) -> go.Figure:
+    """Mean per-volume Dice of each scanner site, with how many patients it rests on."""
+    sites = list(per_site)
+    figure = go.Figure(go.Bar(x=sites, y=[per_site[site]["mean"] for site in sites],
+                              text=[f"{per_site[site]['n_patients']} patient{'s' * (per_site[site]['n_patients'] > 1)}"
+                                    for site in sites], textposition="outside",
+                              hovertemplate="%{x}: mean %{y:.3f}<extra></extra>"))
+    figure.update_layout(title="Per-volume Dice by scanner site", xaxis_title="site (TCGA institution code)",
+                         yaxis_title="mean Dice", yaxis_range=[0, 1.1], height=380)
+    return figure
 
 
 view = webapp.context()
@@ -138,6 +166,16 @@ sweep_figure.add_vline(x=threshold, line_dash="dash", annotation_text="current",
                        annotation_position="bottom right")
 sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=380)
 right.plotly_chart(sweep_figure, key="sweep")
+
+# Reports written before calibration and sites were added (an older Hub revision of the weights) lack them.
+if "calibration" in report and "per_site" in report:
+    left, right = st.columns(2)
+    left.plotly_chart(reliability_figure(report["calibration"]), key="reliability")
+    right.plotly_chart(site_figure(report["per_site"]), key="sites")
+    note = calibration_text(report)
+    if note:
+        st.caption(f"The heat map's colours are probabilities: {note}. Below the diagonal the model is more sure "
+                   "than it should be. Sites with few patients say little on their own.")
 
 if log_path.exists():
     groups = log_by_member(list(csv.DictReader(io.StringIO(log_path.read_text()))))

@@ -188,3 +188,10 @@ def test_metrics_page_for_case_and_model(slice_samples):
     mean_trace = next(trace for trace in strip["data"] if trace.get("x") == ["mean, 95% interval"])
     assert mean_trace["y"][0] - mean_trace["error_y"]["arrayminus"][0] == pytest.approx(low)
     assert mean_trace["y"][0] + mean_trace["error_y"]["array"][0] == pytest.approx(high)
+    reliability = json.loads(next(chart for chart in charts if "mean 80%" in chart.proto.spec).proto.spec)
+    observed = next(trace for trace in reliability["data"] if trace["name"] == "this model")["y"]
+    assert observed == pytest.approx([row["tumour_fraction"] for row in report["calibration"]["bins"]
+                                      if row["pixels"]])
+    sites = json.loads(next(chart for chart in charts if "by scanner site" in chart.proto.spec).proto.spec)
+    assert sites["data"][0]["x"] == list(report["per_site"])
+    assert any(f"{report['calibration']['ece_from_0.1']:.3f} on average" in caption.value for caption in at.caption)

@@ -64,9 +64,38 @@ def test_hand_made_predictions_give_hand_computed_numbers():
     assert report["patients"]["p1"] == pytest.approx(100 / 154)  # tp 50, fp 4, fn 50
     assert report["positive_slice_dice"] == pytest.approx(100 / 150)
     assert report["empty_slice_fp_rate"] == pytest.approx(1 / 3)
+    assert report["positive_slice_detection_rate"] == 1.0
     sweep = {row["threshold"]: row["per_volume_dice_mean"] for row in report["threshold_sweep"]}
     assert sweep[0.65] == pytest.approx(100 / 150)  # the 0.6 false positive is gone
     assert sweep[0.75] == 0.0
+    bins = {round(row["low"], 1): row for row in report["calibration"]["bins"]}
+    assert bins[0.7]["pixels"] == 50 and bins[0.7]["tumour_fraction"] == 1.0  # under-confident: all tumour
+    assert bins[0.6]["pixels"] == 4 and bins[0.6]["tumour_fraction"] == 0.0
+    # over the 54 pixels at 0.1 or more: 50 * |0.7 - 1| + 4 * |0.6 - 0|
+    assert report["calibration"]["ece_from_0.1"] == pytest.approx((50 * 0.3 + 4 * 0.6) / 54, abs=1e-6)
+
+
+def test_sites_and_missed_tumour_slices():
+    truth = np.zeros((3, 32, 32), bool)
+    truth[:2, 10:20, 10:20] = True
+    found = np.where(truth, 0.9, 0.0).astype(np.float32)
+    half = found.copy()
+    half[1] = 0.0  # the second tumour slice is missed
+    predictions = [PatientPrediction("TCGA_CS_0001_20000101", found, truth),
+                   PatientPrediction("TCGA_CS_0002_20000101", half, truth),
+                   PatientPrediction("TCGA_HT_0003_20000101", found, truth),
+                   PatientPrediction("scan-from-elsewhere", half, truth)]
+    report = summarize(predictions, PostprocessingConfig(threshold=0.5))
+    assert report["positive_slice_detection_rate"] == pytest.approx(6 / 8)
+    assert list(report["per_site"]) == ["CS", "HT", "unknown"]
+    assert report["per_site"]["CS"]["n_patients"] == 2
+    assert report["per_site"]["CS"]["mean"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert report["per_site"]["CS"]["min"] == pytest.approx(2 / 3)
+    assert report["per_site"]["HT"] == {"n_patients": 1, "mean": 1.0, "median": 1.0, "min": 1.0}
+    text = format_report(report)
+    assert "  CS         2     0.8333 / 0.8333 / 0.6667" in text
+    assert "slices with tumour found         75.00%" in text
+    assert "0.9-1.0" in text and "0.1-0.2" not in text  # only bins that hold pixels are listed
 
 
 def test_tuning_finds_the_threshold_and_speck_filter_that_help():

@@ -64,6 +64,7 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
     assert "export --run runs/stage2 --source average" in card
     low, high = report["per_volume_dice"]["mean_ci95"]
     assert f"{report['per_volume_dice']['mean']:.3f} (95% interval {low:.3f}-{high:.3f})" in card
+    assert "By scanner site (per-volume Dice mean): " in card and "What the probability map means: " in card
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
     assert segmenter.postprocessing.threshold == report["threshold"]
 

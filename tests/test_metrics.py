@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mriseg.metrics import bootstrap_interval, compare, dice, hd95, iou, precision, recall
+from mriseg.metrics import ReliabilityCounts, bootstrap_interval, compare, dice, hd95, iou, precision, recall
 
 
 def masks_from(*rows: str) -> np.ndarray:
@@ -89,3 +89,41 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_patients():
 def test_bootstrap_interval_needs_values():
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_interval([])
+
+
+def test_reliability_counts_by_hand():
+    counts = ReliabilityCounts(bins=4)
+    counts.add(np.array([0.1, 0.1, 0.6, 0.6, 0.9, 1.0]), np.array([0, 0, 1, 0, 1, 1]))
+    rows = counts.table()
+    assert [row["pixels"] for row in rows] == [2, 0, 2, 2]  # 1.0 falls in the last bin
+    assert rows[1]["mean_probability"] is None and rows[1]["tumour_fraction"] is None
+    assert rows[2]["mean_probability"] == pytest.approx(0.6) and rows[2]["tumour_fraction"] == 0.5
+    assert rows[3]["mean_probability"] == pytest.approx(0.95) and rows[3]["tumour_fraction"] == 1.0
+    # |0.2 - 0| + |1.2 - 1| + |1.9 - 2| over 6 pixels
+    assert counts.expected_calibration_error() == pytest.approx(0.5 / 6)
+    assert counts.expected_calibration_error(from_probability=0.5) == pytest.approx(0.3 / 4)
+
+
+def test_reliability_tells_calibrated_from_overconfident():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random(200_000)
+    calibrated, overconfident = ReliabilityCounts(), ReliabilityCounts()
+    calibrated.add(probabilities, rng.random(probabilities.size) < probabilities)
+    # the truth is much less often tumour than the probability says, except at the extremes
+    overconfident.add(probabilities, rng.random(probabilities.size) < probabilities**2)
+    assert calibrated.expected_calibration_error() < 0.01
+    assert overconfident.expected_calibration_error() > 0.1
+    # volume by volume gives the same counts as all at once
+    halves = ReliabilityCounts()
+    halves.add(probabilities[:1000], probabilities[:1000] > 0.5)
+    halves.add(probabilities[1000:2000], probabilities[1000:2000] > 0.5)
+    whole = ReliabilityCounts()
+    whole.add(probabilities[:2000], probabilities[:2000] > 0.5)
+    for part, together in zip(halves.table(), whole.table(), strict=True):
+        assert part == pytest.approx(together)
+
+
+def test_reliability_refuses_mismatched_input():
+    with pytest.raises(ValueError, match="ground-truth"):
+        ReliabilityCounts().add(np.zeros(4), np.zeros(5))
+    assert ReliabilityCounts().expected_calibration_error() is None
