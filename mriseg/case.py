@@ -88,3 +88,28 @@ def measurements_csv(case: Case, mask: np.ndarray, threshold: float) -> str:
     volume = "" if size["volume_ml"] is None else f"{size['volume_ml']:.3f}"
     writer.writerow([case.name, "all", f"{threshold:.2f}", size["pixels"], total_area, volume])
     return buffer.getvalue()
+
+
+def slice_agreement(mask: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """Slice by slice of a volume: ground-truth and predicted tumour pixels, their Dice, and what went wrong.
+
+    ``verdict`` is "missed" (tumour in the ground truth, none predicted), "false alarm" (tumour predicted on a
+    tumour-free slice), "both empty", or "overlap" (both have tumour; the Dice says how well they agree).
+
+    Example:
+        >>> truth = np.array([[[1, 1]], [[1, 0]], [[0, 0]]], bool)
+        >>> [row["verdict"] for row in slice_agreement(np.array([[[1, 0]], [[0, 0]], [[0, 1]]], bool), truth)]
+        ['overlap', 'missed', 'false alarm']
+    """
+    rows = []
+    for index, (predicted_slice, true_slice) in enumerate(zip(mask, truth, strict=True)):
+        predicted, actual = int(predicted_slice.sum()), int(true_slice.sum())
+        if actual and predicted:
+            verdict = "overlap"
+        elif actual:
+            verdict = "missed"
+        else:
+            verdict = "false alarm" if predicted else "both empty"
+        rows.append({"slice": index + 1, "truth_pixels": actual, "predicted_pixels": predicted,
+                     "dice": dice(predicted_slice, true_slice), "verdict": verdict})
+    return rows

@@ -154,6 +154,28 @@ def test_compare_page_shows_mriseg_dice(segmenter, sample_index):
     assert all(name in legend for name in ("true positive", "false positive", "false negative"))
 
 
+def test_compare_volume_slice_by_slice(segmenter, sample_index):
+    entry = next(e for e in sample_index if e["category"] == "volume")
+    at = open_sample(start(), entry["image"])
+    at.slider(key="threshold").set_value(0.7).run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    case = load_sample(entry)
+    mask = expected_mask(segmenter, case.volume.pixels, 0.7)
+    chart = json.loads(next(c for c in at.get("plotly_chart") if "per slice" in c.proto.spec).proto.spec)
+    truth_bars, predicted_bars = chart["data"][:2]
+    assert truth_bars["y"] == case.truth.reshape(len(case.truth), -1).sum(axis=1).tolist()
+    assert predicted_bars["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()
+    with_tumour = int(case.truth.reshape(len(case.truth), -1).any(axis=1).sum())
+    missed = int((case.truth.reshape(len(case.truth), -1).any(axis=1) & ~mask.reshape(len(mask), -1).any(axis=1)).sum())
+    assert any(caption.value.startswith(f"{with_tumour} slices hold tumour in the ground truth; at threshold 0.70 "
+                                        f"the prediction misses {missed or 'none'} of them") for caption in at.caption)
+    # the chart marks the slice the slider shows, and follows it
+    at.slider(key="compare_slice").set_value(3).run()
+    chart = json.loads(next(c for c in at.get("plotly_chart") if "per slice" in c.proto.spec).proto.spec)
+    assert chart["layout"]["shapes"][0]["x0"] == 3
+
+
 def test_compare_rejects_wrong_shape_and_non_binary_masks(slice_samples):
     import cv2
 

@@ -203,3 +203,39 @@ def test_no_label_or_number_is_cut_off_on_a_laptop_screen(server, browser, sampl
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
         assert page.evaluate(CUT_OFF_TEXT) == [], f"on the {link} page"
     page.close()
+
+
+def click_bar(page, chart_title: str, trace: int, slice_number: int) -> None:
+    """Click the bar of ``slice_number`` in trace ``trace`` of the Plotly chart titled ``chart_title``."""
+    chart = page.locator(".js-plotly-plot").filter(has_text=chart_title)
+    bar = chart.locator(".barlayer .trace").nth(trace).locator(".point").nth(slice_number - 1)
+    bar.scroll_into_view_if_needed()
+    box = bar.bounding_box()
+    # Plotly's drag layer covers the bars, so click where the bar is rather than on its element
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def test_clicking_a_slice_bar_opens_that_slice(server, browser, sample_index):
+    """On both volume charts a click on a bar moves the slice slider there, grouped (off-centre) bars included."""
+    from playwright.sync_api import expect
+
+    entry = next(e for e in sample_index if e["category"] == "volume")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    open_sample(page, entry)
+    expect(page.get_by_text("Tumour volume")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    thumbs = page.get_by_test_id("stMain").get_by_test_id("stSliderThumbValue")
+    start = int(thumbs.first.inner_text())
+    target = start - 2
+    click_bar(page, "Tumour area per slice", 0, target)
+    expect(thumbs.first).to_have_text(str(target))
+
+    page.get_by_role("link", name="Compare with ground truth").click()
+    expect(page.get_by_text("hold tumour in the ground truth")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    for trace in (0, 1):  # the ground-truth bar sits left of the slice, the prediction's right of it
+        target = int(thumbs.first.inner_text()) + 1
+        click_bar(page, "Tumour pixels per slice", trace, target)
+        expect(thumbs.first).to_have_text(str(target))
+    page.close()

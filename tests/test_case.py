@@ -4,7 +4,14 @@ import io
 import numpy as np
 import pytest
 
-from mriseg.case import case_from_bytes, load_sample, measurements_csv, threshold_curve, with_truth
+from mriseg.case import (
+    case_from_bytes,
+    load_sample,
+    measurements_csv,
+    slice_agreement,
+    threshold_curve,
+    with_truth,
+)
 from mriseg.errors import InputError
 from mriseg.io import mask_to_png
 from mriseg.postprocessing import PostprocessingConfig
@@ -47,3 +54,19 @@ def test_measurements_csv(slice_samples):
     rows = list(csv.DictReader(io.StringIO(measurements_csv(case, case.truth, 0.5))))
     assert rows[-1]["slice"] == "all" and int(rows[-1]["tumour_pixels"]) == int(case.truth.sum())
     assert rows[-1]["tumour_area_mm2"] == ""  # PNG records no spacing
+
+
+def test_slice_agreement_names_misses_and_false_alarms():
+    truth = np.zeros((4, 8, 8), bool)
+    truth[0, 2:6, 2:6] = True  # 16 px, half found
+    truth[1, 3:5, 3:5] = True  # 4 px, missed
+    mask = np.zeros_like(truth)
+    mask[0, 2:6, 2:4] = True
+    mask[2, 0, 0] = True  # a false alarm on a tumour-free slice
+    rows = slice_agreement(mask, truth)
+    assert [row["slice"] for row in rows] == [1, 2, 3, 4]
+    assert [row["verdict"] for row in rows] == ["overlap", "missed", "false alarm", "both empty"]
+    assert [row["truth_pixels"] for row in rows] == [16, 4, 0, 0]
+    assert [row["predicted_pixels"] for row in rows] == [8, 0, 1, 0]
+    assert rows[0]["dice"] == pytest.approx(16 / 24)
+    assert [row["dice"] for row in rows[1:]] == [0.0, 0.0, 1.0]
