@@ -164,6 +164,20 @@ section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] {dis
 </style>"""
 
 
+def slice_jumper(chart_key: str, slider_key: str) -> Callable[[], None]:
+    """An ``on_select`` callback for a per-slice bar chart (bar i is slice i + 1): move the slider to the clicked bar.
+
+    It reads the bar's index, not its x: grouped bars sit off-centre (slice 9's left bar reports x = 8.8).
+    """
+
+    def jump() -> None:
+        points = st.session_state[chart_key].selection.points
+        if points:
+            st.session_state[slider_key] = int(points[0]["point_index"]) + 1
+
+    return jump
+
+
 def _set_presenter(on: bool) -> None:
     st.session_state["presenter"] = on
 

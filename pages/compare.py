@@ -53,13 +53,6 @@ else:
     cards[5].metric("Area difference", f"{difference:+,} px", help="predicted minus ground truth")
 
 
-def jump_to_clicked_slice() -> None:
-    points = st.session_state["agreement_chart"].selection.points
-    if points:
-        # the bar's index, not its x: grouped bars sit off-centre (slice 9's ground truth reports x = 8.8)
-        st.session_state["compare_slice"] = int(points[0]["point_index"]) + 1
-
-
 def slice_by_slice(index: int) -> None:
     """Ground truth and prediction along the volume: where the model misses tumour or raises false alarms."""
     rows = slice_agreement(mask, truth)
@@ -74,7 +67,8 @@ def slice_by_slice(index: int) -> None:
     chart.update_layout(title="Tumour pixels per slice (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", barmode="group", height=280, margin=dict(t=40, b=40),
                         legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    st.plotly_chart(chart, key="agreement_chart", on_select=jump_to_clicked_slice, selection_mode="points")
+    st.plotly_chart(chart, key="agreement_chart", on_select=webapp.slice_jumper("agreement_chart", "compare_slice"),
+                    selection_mode="points")
     missed = [row["slice"] for row in rows if row["verdict"] == "missed"]
     alarms = [row["slice"] for row in rows if row["verdict"] == "false alarm"]
     with_tumour = sum(row["truth_pixels"] > 0 for row in rows)

@@ -34,12 +34,6 @@ mask = webapp.current_mask(model, prediction, threshold)
 size = tumour_size(mask, case.volume)
 
 
-def jump_to_clicked_slice() -> None:
-    points = st.session_state["slice_chart"].selection.points
-    if points:
-        st.session_state["slice"] = int(points[0]["x"])
-
-
 @st.fragment
 def result_view() -> None:
     """Slice and overlay controls rerun only this part, from the cached probabilities."""
@@ -119,7 +113,8 @@ def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
                              marker_color=["#f0b429" if i == index else "#4c78a8" for i in range(volume.n_slices)]))
     chart.update_layout(title="Tumour area per slice (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", height=260, margin=dict(t=40, b=40))
-    st.plotly_chart(chart, key="slice_chart", on_select=jump_to_clicked_slice, selection_mode="points")
+    st.plotly_chart(chart, key="slice_chart", on_select=webapp.slice_jumper("slice_chart", "slice"),
+                    selection_mode="points")
 
     rows, columns = np.nonzero(mask[index]) if mask[index].any() else ([volume.shape[1] // 2], [volume.shape[2] // 2])
     st.session_state.setdefault("coronal_row", int(np.median(rows)) + 1)
