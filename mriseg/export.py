@@ -346,6 +346,19 @@ def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, in
     return best
 
 
+def member_origins(config: dict) -> list[int]:
+    """For each U-Net of an ensemble config, the number of the earlier member whose weights it started from, or 0
+    when it was trained from a random start of its own.
+
+    Example:
+        >>> scratch = {"training": {"epochs": 5, "seed": 0}}
+        >>> member_origins({"members": [scratch, {"training": {"epochs": 3, "seed": 1}, "initialised_from": scratch}]})
+        [0, 1]
+    """
+    histories = [training_stages(member) for member in member_configs(config)]
+    return [shared_start(stages, histories[:number])[0] for number, stages in enumerate(histories)]
+
+
 def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/data/lgg-flair",
                        run: str = "runs/stage", final_out: str = "weights", first_number: int = 1,
                        init: str | None = None) -> str:

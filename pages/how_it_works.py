@@ -6,7 +6,7 @@ import streamlit as st
 from mriseg import webapp
 from mriseg.bundle import member_configs
 from mriseg.explain import architecture_dot, describe
-from mriseg.export import training_stages
+from mriseg.export import member_origins, training_stages
 from mriseg.model import unet_grid, unet_members
 from mriseg.visualize import display_image
 
@@ -34,10 +34,17 @@ if context:
     )
 member = 0
 if len(unets) > 1:
+    origins = member_origins(model.config)
+    if any(origins):
+        history = "; ".join(f"U-Net {number} began from the weights of U-Net {origin} and was trained on by itself"
+                            if origin else f"U-Net {number} was trained from a random start"
+                            for number, origin in enumerate(origins, start=1))
+        history += ", so they ended up making different mistakes."
+    else:
+        history = "Each was trained from its own random start and makes its own mistakes."
     st.markdown(
-        f"This model is an **ensemble of {len(unets)} U-Nets**, trained separately from different random starts. "
-        "Each makes its own mistakes, so the app averages their tumour probabilities: a faint slice one of them "
-        "misses, another may catch. Pick one to look inside."
+        f"This model is an **ensemble of {len(unets)} U-Nets**. {history} The app averages their tumour "
+        "probabilities: a faint slice one of them misses, another may catch. Pick one to look inside."
     )
     member = st.radio("U-Net", range(len(unets)), horizontal=True, key="ensemble_member",
                       format_func=lambda i: f"U-Net {i + 1} (base width {unets[i].config.base_width})")

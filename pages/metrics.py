@@ -182,8 +182,9 @@ if log_path.exists():
     curves = go.Figure()
     if len(groups) > 1:
         ensemble_curves(curves, groups, member_configs(model.config))
-        st.caption("This model is an ensemble: each U-Net was trained on its own, and the app averages their "
-                   "probabilities. The ensemble's own validation numbers are the ones above.")
+        st.caption("This model is an ensemble: the app averages the probabilities of its U-Nets, each with its own "
+                   "training history below (one warm-started from another shares that one's early epochs). The "
+                   "ensemble's own validation numbers are the ones above.")
     else:
         single_curves(curves, next(iter(groups.values())), model.config)
     curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",

@@ -52,6 +52,9 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     assert any("cross-entropy" in m.value for m in at.markdown)
     # the shipped ensemble's second U-Net ended with --dice-per-slice, and the page reads that from its config
     assert any("on each slice with tumour" in m.value for m in at.markdown)
+    # and that the second U-Net grew out of the first (the card's "stage 1: those of U-Net 1"), not a random start
+    assert any("U-Net 1 was trained from a random start; U-Net 2 began from the weights of U-Net 1" in m.value
+               for m in at.markdown)
 
 
 def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segmenter):

@@ -5,13 +5,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import REPO_ROOT, SAMPLES
 
 from mriseg.bundle import load_segmenter, read_config
 from mriseg.cli import main
 from mriseg.ensemble import combine, log_by_member
 from mriseg.errors import InputError
-from mriseg.export import export_run
+from mriseg.export import export_run, member_origins
 from mriseg.io import read_image_file
 from mriseg.model import UNetConfig, UNetEnsemble
 from mriseg.preprocessing import PreprocessingConfig
@@ -48,6 +48,9 @@ def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, ka
     assert [m["training"]["seed"] for m in config["members"]] == [0, 1]
     assert config["split"] == read_config(folders[0])["split"]
     assert config["validation_metrics"]["n_patients"] == 2
+    assert member_origins(config) == [0, 0]  # both from random starts of their own
+    # the shipped pair: its second U-Net was warm-started from the first one's kept weights
+    assert member_origins(read_config(REPO_ROOT / "weights")) == [0, 1]
 
     with open(out / "training_log.csv", newline="") as handle:
         groups = log_by_member(list(csv.DictReader(handle)))
