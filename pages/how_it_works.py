@@ -117,7 +117,8 @@ st.markdown(
     "Tumour covers about **1 %** of the pixels of a typical slice. A model that answers *no tumour* everywhere "
     "is therefore 99 % accurate in pixel terms, and cross-entropy alone, averaged over all pixels, is dominated "
     "by the easy background too. So mriseg trains with **binary cross-entropy + soft Dice**: cross-entropy "
-    "keeps every pixel's probability calibrated, and the Dice term, 1 − 2|P∩T| / (|P| + |T|), scores only the "
+    "rewards an honest probability for every pixel (the Metrics page's reliability diagram shows how close this "
+    "model comes), and the Dice term, 1 − 2|P∩T| / (|P| + |T|), scores only the "
     "overlap with the tumour itself, so the empty background cannot hide a miss. That is also why the results "
     "are reported as Dice per patient rather than pixel accuracy."
 )
