@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mriseg import webapp
-from mriseg.case import measurements_csv
+from mriseg.case import measurements_csv, slice_agreement
 from mriseg.io import mask_to_nifti, mask_to_png
 from mriseg.measure import tumour_size
 from mriseg.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
@@ -32,6 +32,23 @@ prediction = webapp.predict(model, case, tta=view.tta)
 # The mask depends on the threshold only (a full rerun); the fragment below reuses it for display controls.
 mask = webapp.current_mask(model, prediction, threshold)
 size = tumour_size(mask, case.volume)
+
+
+def truth_note(agreement: dict) -> str:
+    """One sentence on how this slice's mask compares with the manual one, so a miss is not mistaken for a bug."""
+    truth, predicted = agreement["truth_pixels"], agreement["predicted_pixels"]
+    compare_link = "open **Compare with ground truth** for the error map"
+    if agreement["verdict"] == "overlap":
+        return (f":material/compare: The data set's manual mask marks {truth:,} px on this slice; the model's "
+                f"mask overlaps it with Dice {agreement['dice']:.2f}: {compare_link}.")
+    if agreement["verdict"] == "missed":
+        return (f":material/error: The manual mask marks {truth:,} px of tumour on this slice, but at threshold "
+                f"{threshold:.2f} the model marks none: **a miss**. Look at the heat map for where the model "
+                f"hesitated, lower the threshold, or {compare_link}.")
+    if agreement["verdict"] == "false alarm":
+        return (f":material/error: The manual mask marks no tumour on this slice, but the model marks {predicted:,} "
+                f"px: **a false alarm**. Raise the threshold to see it go, or {compare_link}.")
+    return ":material/check_circle: The manual mask marks no tumour on this slice, and neither does the model."
 
 
 @st.fragment
@@ -91,6 +108,8 @@ def result_view() -> None:
                       help="Time of the forward pass for this file; later views reuse the result")
     if area_mm2 is None:
         st.caption("This file records no pixel spacing, so sizes are in pixels only.")
+    if case.truth is not None:
+        st.markdown(truth_note(slice_agreement(mask[index : index + 1], case.truth[index : index + 1])[0]))
 
     if volume.n_slices > 1:
         volume_views(volume, mask, size, index)

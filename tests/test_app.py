@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from mriseg.bundle import read_config
 from mriseg.case import load_sample
 from mriseg.inference import native_bf16
-from mriseg.metrics import compare
+from mriseg.metrics import compare, dice
 from mriseg.postprocessing import binarize
 from mriseg.webapp import sample_button_key
 
@@ -137,6 +137,31 @@ def test_volume_sample_starts_on_largest_predicted_slice(segmenter, sample_index
     assert at.slider(key="slice").value == largest + 1
     assert metric(at, "Tumour, all slices") == f"{int(mask.sum()):,} px"
     assert metric(at, "Tumour volume") == "—"
+
+
+@pytest.mark.parametrize(("category", "threshold"), [("large", 0.5), ("small", 0.95), ("tumour-free", 0.05),
+                                                    ("tumour-free", 0.5)])
+def test_segment_page_says_how_the_slice_compares_with_the_manual_mask(segmenter, sample_index, category,
+                                                                       threshold):
+    """A sample with a manual mask gets one sentence on this slice: overlap (with its Dice), a miss, a false alarm,
+    or both empty; the extreme thresholds push small tumours into misses and tumour-free slices into false alarms."""
+    entry = min((e for e in sample_index if e["category"] == category), key=lambda e: e["tumour_pixels"])
+    at = open_sample(start(), entry["image"])
+    at.slider(key="threshold").set_value(threshold).run()
+    case = load_sample(entry)
+    mask = expected_mask(segmenter, case.volume.pixels, threshold)[0]
+    truth = case.truth[0]
+    note = next(m.value for m in at.markdown if "manual mask marks" in m.value)
+    if truth.any() and mask.any():
+        assert f"marks {int(truth.sum()):,} px on this slice" in note
+        assert f"overlaps it with Dice {dice(mask, truth):.2f}" in note
+    elif truth.any():
+        assert f"marks {int(truth.sum()):,} px of tumour" in note and f"at threshold {threshold:.2f}" in note
+        assert "**a miss**" in note
+    elif mask.any():
+        assert f"the model marks {int(mask.sum()):,} px: **a false alarm**" in note
+    else:
+        assert "and neither does the model" in note
 
 
 def test_compare_page_shows_mriseg_dice(segmenter, sample_index):
