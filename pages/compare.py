@@ -72,7 +72,7 @@ def slice_by_slice(index: int) -> None:
     missed = [row["slice"] for row in rows if row["verdict"] == "missed"]
     alarms = [row["slice"] for row in rows if row["verdict"] == "false alarm"]
     with_tumour = sum(row["truth_pixels"] > 0 for row in rows)
-    note = (f"{with_tumour} slice{'s' * (with_tumour != 1)} hold tumour in the ground truth; at threshold "
+    note = (f"{with_tumour} slice{'s hold' if with_tumour != 1 else ' holds'} tumour in the ground truth; at threshold "
             f"{threshold:.2f} the prediction misses {len(missed) or 'none'} of them entirely{listed(missed)} and "
             f"marks {len(alarms) or 'no'} tumour-free slice{'s' * (len(alarms) > 1)}{listed(alarms)}.")
     if missed:
