@@ -109,7 +109,8 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
             else:
                 empty_slices += 1
                 empty_with_prediction += bool(predicted_slice.any())
-    dice_values = np.array([row["dice"] for row in per_patient.values()])
+    patients = {name: row["dice"] for name, row in per_patient.items()}
+    dice_values = np.array(list(patients.values()))
     hd95_values = [row["hd95"] for row in per_patient.values() if row["hd95"] is not None]
 
     def mean_of(key: str) -> float:
@@ -121,9 +122,9 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
                             "max": float(dice_values.max()),
                             # how far the mean could move on another draw of as many patients
                             "mean_ci95": list(bootstrap_interval(dice_values))},
-        "patients": {name: row["dice"] for name, row in per_patient.items()},
+        "patients": patients,
         "patient_metrics": per_patient,
-        "per_site": per_site_dice({name: row["dice"] for name, row in per_patient.items()}),
+        "per_site": per_site_dice(patients),
         "positive_slice_dice": float(np.mean(positive_slice_dice)) if positive_slice_dice else None,
         # a slice with tumour counts as found when the mask touches the tumour on it
         "positive_slice_detection_rate": positive_detected / len(positive_slice_dice) if positive_slice_dice else None,

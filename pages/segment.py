@@ -39,8 +39,8 @@ def truth_note(agreement: dict) -> str:
     truth, predicted = agreement["truth_pixels"], agreement["predicted_pixels"]
     compare_link = "open **Compare with ground truth** for the error map"
     if agreement["verdict"] == "overlap":
-        return (f":material/compare: The data set's manual mask marks {truth:,} px on this slice; the model's "
-                f"mask overlaps it with Dice {agreement['dice']:.2f}: {compare_link}.")
+        return (f":material/compare: The data set's manual mask marks {truth:,} px on this slice, the model "
+                f"{predicted:,} px: Dice {agreement['dice']:.2f}; {compare_link}.")
     if agreement["verdict"] == "missed":
         return (f":material/error: The manual mask marks {truth:,} px of tumour on this slice, but at threshold "
                 f"{threshold:.2f} the model marks none: **a miss**. Look at the heat map for where the model "

@@ -153,8 +153,8 @@ def test_segment_page_says_how_the_slice_compares_with_the_manual_mask(segmenter
     truth = case.truth[0]
     note = next(m.value for m in at.markdown if "manual mask marks" in m.value)
     if truth.any() and mask.any():
-        assert f"marks {int(truth.sum()):,} px on this slice" in note
-        assert f"overlaps it with Dice {dice(mask, truth):.2f}" in note
+        assert f"marks {int(truth.sum()):,} px on this slice, the model {int(mask.sum()):,} px" in note
+        assert f"Dice {dice(mask, truth):.2f};" in note
     elif truth.any():
         assert f"marks {int(truth.sum()):,} px of tumour" in note and f"at threshold {threshold:.2f}" in note
         assert "**a miss**" in note
