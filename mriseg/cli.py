@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
         preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
     )
     state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
-                  max_patients=args.max_patients, init_from=args.init)
+                  max_patients=args.max_patients, init_from=args.init,
+                  time_budget=None if args.minutes is None else 60 * args.minutes, workers=args.workers)
     print(f"done: {state['epoch']} epochs, best validation per-volume Dice {state['best_dice']:.4f} "
           f"(epoch {state['best_epoch']}); weights folder: {Path(args.out) / 'best'}")
     return 0
@@ -243,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")
     train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="time budget for the whole run: after epoch 2 the epoch count shrinks to what fits, so "
+                            "the learning-rate schedule still ends at its low (a lent GPU for a fixed time)")
+    train.add_argument("--workers", type=int, default=0,
+                       help="data-loading worker processes (0: augment in the training process; on a GPU, 2-4 keep "
+                            "it fed)")
     train.set_defaults(handler=_train)
 
     average = commands.add_parser("average", help="average the weights of several epochs of a run into one model")

@@ -334,7 +334,7 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
 
 def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, config: TrainConfig = TrainConfig(),
           device: str | None = "auto", resume: bool = False, max_patients: int | None = None,
-          init_from: str | Path | None = None) -> dict:
+          init_from: str | Path | None = None, time_budget: float | None = None, workers: int = 0) -> dict:
     """Train a U-Net, checkpointing every epoch; returns the final state (epochs done, best Dice ...).
 
     Args:
@@ -349,7 +349,13 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             fresh optimiser and schedule); its architecture, preprocessing (but for the grid size) and patient
             split must match. The run's epochs are numbered after the epoch those weights come from, its log
             opens with their history and its config records them under ``initialised_from``.
+        time_budget: seconds the whole run may take (slice preparation included). After the second epoch the
+            run fits its epoch count to what is left (never more than ``config.epochs``), so the cosine schedule
+            ends on time instead of being cut off at a high learning rate; the config records the count.
+        workers: data-loading worker processes (0: augment in the training process). A GPU trains faster than
+            one CPU core augments, so give it a few.
     """
+    started_run = time.time()
     context = config.preprocessing.context_slices
     if config.architecture.in_channels != config.preprocessing.input_channels:
         raise ValueError(f"the U-Net takes {config.architecture.in_channels} input channels but the preprocessing "
@@ -407,15 +413,23 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     if resuming:
         state = _load_checkpoint(checkpoint_dir, model, optimizer)
         tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
+        if "fitted_epochs" in state:  # a time budget already fixed the schedule's length
+            config = replace(config, epochs=state["fitted_epochs"])
+            recipe["training"].update(epochs=config.epochs, time_budget_s=time_budget)
+            total_steps = steps_per_epoch * config.epochs
     epoch_offset = state.get("epoch_offset", 0)
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
+    epoch = state["epoch"] + 1
+    while epoch <= config.epochs:
         started = time.time()
         model.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         sampler = WeightedRandomSampler(weights, steps_per_epoch * config.batch_size, generator=generator)
         random.seed(config.seed * 1000 + epoch)
         torch.manual_seed(config.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=workers, pin_memory=device.type == "cuda")
         losses = []
         progress = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for step_in_epoch, (batch, target) in enumerate(progress):
@@ -445,6 +459,14 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             "learning_rate": optimizer.param_groups[0]["lr"],
             "seconds": round(time.time() - started, 1),
         }
+        if time_budget is not None and epoch >= 2 and "fitted_epochs" not in state:
+            fitted = _fit_epochs(epoch, row["seconds"], time_budget - (time.time() - started_run), config.epochs)
+            config = replace(config, epochs=fitted)
+            recipe["training"].update(epochs=fitted, time_budget_s=time_budget)
+            total_steps = steps_per_epoch * fitted
+            state["fitted_epochs"] = fitted
+            _record_fitted_epochs(out_dir / "best" / "config.json", recipe["training"])
+            tqdm.write(f"time budget {time_budget:.0f} s: {fitted} epochs fit")
         _append_log(out_dir / LOG_NAME, row)
         tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation per-volume Dice "
                    f"mean {row['val_dice_mean']:.4f} median {row['val_dice_median']:.4f}  ({row['seconds']} s)")
@@ -459,4 +481,25 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         snapshot_dir.mkdir(exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(snapshot_dir / f"epoch_{row['epoch']:03d}.safetensors"))
+        epoch += 1
     return state
+
+
+def _record_fitted_epochs(config_path: Path, training: dict) -> None:
+    """The best weights saved before the budget fixed the epoch count get the count too."""
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        saved["training"] = training
+        config_path.write_text(json.dumps(saved, indent=2))
+
+
+def _fit_epochs(done: int, epoch_seconds: float, seconds_left: float, most: int) -> int:
+    """Epochs a run can finish: ``done`` so far plus as many more as ``seconds_left`` holds, at most ``most``.
+
+    Example:
+        >>> _fit_epochs(2, epoch_seconds=10.0, seconds_left=95.0, most=40)
+        11
+        >>> _fit_epochs(2, epoch_seconds=10.0, seconds_left=-5.0, most=40)
+        2
+    """
+    return max(done, min(most, done + int(seconds_left // max(epoch_seconds, 1e-6))))

@@ -159,6 +159,25 @@ def test_train_checkpoints_resumes_and_ships_best(kaggle_folder, tmp_path, slice
     assert segmenter.predict(np.ones((1, 80, 80), np.float32) * np.arange(80)).mean.shape == (1, 80, 80)
 
 
+def test_time_budget_fits_the_epochs_and_resume_keeps_them(kaggle_folder, tmp_path, slice_samples):
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    config = TrainConfig(epochs=6, batch_size=2, steps_per_epoch=2, warmup_steps=1,
+                         architecture=UNetConfig(base_width=4, depth=2),
+                         preprocessing=PreprocessingConfig(grid_size=64))
+    run = tmp_path / "run"
+    # A spent budget still lets two epochs run (the second is the one timed), then ends the run there.
+    state = train(kaggle_folder, run, split, config, device="cpu", time_budget=0.0, workers=1)
+    assert state["epoch"] == state["fitted_epochs"] == 2
+    assert len((run / "training_log.csv").read_text().splitlines()) == 3
+    recorded = json.loads((run / "best" / "config.json").read_text())["training"]
+    assert recorded["epochs"] == 2 and recorded["time_budget_s"] == 0.0
+    state = train(kaggle_folder, run, split, config, device="cpu", resume=True)
+    assert state["epoch"] == 2
+    assert len((run / "training_log.csv").read_text().splitlines()) == 3
+
+
 def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_samples):
     patients = sorted({e["patient"] for e in slice_samples})
     split = tmp_path / "split.json"
