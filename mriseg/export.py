@@ -8,6 +8,8 @@ threshold and the small-component filter, evaluate with the tuned settings, then
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -43,7 +45,26 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
     """
     run_dir = Path(run_dir)
     model, config = load_model(run_dir / source)
-    return export_model(model, config, (run_dir / LOG_NAME).read_text(), data_dir, out_dir, tta=tta, device=device)
+    training_log = (run_dir / LOG_NAME).read_text()
+    stopped = stopped_at_epoch(config, training_log)
+    if stopped is not None:
+        config = dict(config, stopped_at_epoch=stopped)
+    return export_model(model, config, training_log, data_dir, out_dir, tta=tta, device=device)
+
+
+def stopped_at_epoch(config: dict, training_log: str) -> int | None:
+    r"""The last epoch of a run that stopped before its schedule's end (killed, out of time), else None.
+
+    A warm restart's log opens with the history of its starting weights, and its own epochs follow theirs.
+
+    Example:
+        >>> log = "epoch,train_loss\n1,0.9\n2,0.7\n3,0.6\n"
+        >>> stopped_at_epoch({"training": {"epochs": 5}}, log), stopped_at_epoch({"training": {"epochs": 3}}, log)
+        (3, None)
+    """
+    epochs = [int(row["epoch"]) for row in csv.DictReader(io.StringIO(training_log))]
+    schedule_end = kept_epoch(config.get("initialised_from") or {}) + config["training"]["epochs"]
+    return epochs[-1] if epochs and epochs[-1] < schedule_end else None
 
 
 def export_model(model: Segmentation, config: dict, training_log: str, data_dir: str | Path, out_dir: str | Path,
@@ -302,7 +323,12 @@ def describe_stages(stages: list[dict]) -> str:
             recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
         if training.get("dice_per_slice"):
             recipe += ", Dice term per slice with tumour (small tumour counts as much as large)"
-        lines.append(f"  - stage {number}: {start}, epochs {first_epoch}-{last_epoch}, peak learning rate "
+        epochs = f"epochs {first_epoch}-{last_epoch}"
+        if stage.get("stopped_at_epoch"):
+            epochs = (f"epochs {first_epoch}-{stage['stopped_at_epoch']} of {training['epochs']} scheduled "
+                      "(stopped there by a time limit)")
+        device = " on a GPU" if stage.get("device_trained_on") == "cuda" else ""
+        lines.append(f"  - stage {number}: {start}{device}, {epochs}, peak learning rate "
                      f"{training['learning_rate']}{recipe}; kept {kept}.")
         # the next stage starts from the kept weights, and its log continues after the epoch they come from
         first_epoch = kept_epoch(stage) + 1

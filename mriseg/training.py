@@ -34,7 +34,8 @@ from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
 LOG_NAME = "training_log.csv"
 # What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
-LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from", "preprocessing", "mixed_precision")
+LINEAGE_KEYS = ("training", "best_epoch", "averaged_epochs", "initialised_from", "preprocessing", "mixed_precision",
+                "device_trained_on", "stopped_at_epoch")
 LOG_FIELDS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "learning_rate", "seconds")
 
 

@@ -50,10 +50,10 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     shown = [m.value for m in at.markdown if re.match(r"\*\*.+\*\*: \d+ channels", m.value)]
     assert shown == [f"**output**: {encoder_3.out_channels} channels of {encoder_3.side}x{encoder_3.side}"]
     assert any("cross-entropy" in m.value for m in at.markdown)
-    # the shipped ensemble's second U-Net ended with --dice-per-slice, and the page reads that from its config
+    # the shipped ensemble's U-Nets ended with --dice-per-slice, and the page reads that from its config
     assert any("on each slice with tumour" in m.value for m in at.markdown)
-    # and that the second U-Net grew out of the first (the card's "stage 1: those of U-Net 1"), not a random start
-    assert any("U-Net 1 was trained from a random start; U-Net 2 began from the weights of U-Net 1" in m.value
+    # and that the third U-Net grew out of the first (the card's "stage 1: those of U-Net 1"), not a random start
+    assert any("U-Net 2 was trained from a random start; U-Net 3 began from the weights of U-Net 1" in m.value
                for m in at.markdown)
 
 

@@ -49,8 +49,8 @@ def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, ka
     assert config["split"] == read_config(folders[0])["split"]
     assert config["validation_metrics"]["n_patients"] == 2
     assert member_origins(config) == [0, 0]  # both from random starts of their own
-    # the shipped pair: its second U-Net was warm-started from the first one's kept weights
-    assert member_origins(read_config(REPO_ROOT / "weights")) == [0, 1]
+    # the shipped ensemble: its third U-Net was warm-started from the first one's kept weights
+    assert member_origins(read_config(REPO_ROOT / "weights")) == [0, 0, 1]
 
     with open(out / "training_log.csv", newline="") as handle:
         groups = log_by_member(list(csv.DictReader(handle)))

@@ -13,7 +13,7 @@ import pytest
 from mriseg.averaging import average_epochs
 from mriseg.bundle import load_segmenter, read_config
 from mriseg.cli import build_parser
-from mriseg.export import export_run
+from mriseg.export import describe_stages, export_run
 from mriseg.model import UNetConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import TrainConfig, train
@@ -166,3 +166,13 @@ def test_a_warm_restart_moves_to_a_finer_grid(kaggle_folder, tmp_path, slice_sam
     recut = TrainConfig(epochs=1, preprocessing=PreprocessingConfig(grid_size=96, clip_high=98.0), **tiny)
     with pytest.raises(ValueError, match="other preprocessing"):
         train(kaggle_folder, tmp_path / "stage3", split, recut, device="cpu", init_from=tmp_path / "shipped")
+
+
+def test_the_card_tells_a_stage_cut_off_by_a_time_limit_and_trained_on_a_gpu():
+    scratch = {"training": {"epochs": 82, "learning_rate": 0.002}, "best_epoch": 63, "stopped_at_epoch": 66,
+               "device_trained_on": "cuda"}
+    restart = {"training": {"epochs": 20, "learning_rate": 0.0005}, "best_epoch": 79, "device_trained_on": "cpu"}
+    lines = describe_stages([scratch, restart]).splitlines()
+    assert lines[0] == ("  - stage 1: from scratch on a GPU, epochs 1-66 of 82 scheduled (stopped there by a "
+                        "time limit), peak learning rate 0.002; kept best epoch 63.")
+    assert lines[1].startswith("  - stage 2: warm restart from the weights of stage 1, epochs 64-83,")
