@@ -35,6 +35,17 @@ def sample_tensors(slice_samples, grid=64):
     return images, masks
 
 
+def tiny_run(slice_samples, tmp_path, epochs: int) -> tuple:
+    """A split of four training and two validation sample patients, and a recipe that trains on them in seconds."""
+    patients = sorted({e["patient"] for e in slice_samples})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
+    config = TrainConfig(epochs=epochs, batch_size=2, steps_per_epoch=2, warmup_steps=1,
+                         architecture=UNetConfig(base_width=4, depth=2),
+                         preprocessing=PreprocessingConfig(grid_size=64))
+    return split, config
+
+
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
     not CPU_HAS_BF16, reason="this CPU has no native bfloat16"))])
 def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples, bf16):
@@ -160,12 +171,7 @@ def test_train_checkpoints_resumes_and_ships_best(kaggle_folder, tmp_path, slice
 
 
 def test_time_budget_fits_the_epochs_and_resume_keeps_them(kaggle_folder, tmp_path, slice_samples):
-    patients = sorted({e["patient"] for e in slice_samples})
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
-    config = TrainConfig(epochs=6, batch_size=2, steps_per_epoch=2, warmup_steps=1,
-                         architecture=UNetConfig(base_width=4, depth=2),
-                         preprocessing=PreprocessingConfig(grid_size=64))
+    split, config = tiny_run(slice_samples, tmp_path, epochs=6)
     run = tmp_path / "run"
     # A spent budget still lets two epochs run (the second is the one timed), then ends the run there.
     state = train(kaggle_folder, run, split, config, device="cpu", time_budget=0.0, workers=1)
@@ -179,12 +185,7 @@ def test_time_budget_fits_the_epochs_and_resume_keeps_them(kaggle_folder, tmp_pa
 
 
 def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_samples):
-    patients = sorted({e["patient"] for e in slice_samples})
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
-    config = TrainConfig(epochs=1, batch_size=2, steps_per_epoch=2, warmup_steps=1,
-                         architecture=UNetConfig(base_width=4, depth=2),
-                         preprocessing=PreprocessingConfig(grid_size=64))
+    split, config = tiny_run(slice_samples, tmp_path, epochs=1)
     first = tmp_path / "first" / "best"
     train(kaggle_folder, tmp_path / "first", split, config, device="cpu")
     state = train(kaggle_folder, tmp_path / "second", split, config, device="cpu", init_from=first)
