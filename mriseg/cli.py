@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")
     train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
     train.add_argument("--minutes", type=float, default=None,
-                       help="time budget for the whole run: after epoch 2 the epoch count shrinks to what fits, so "
-                            "the learning-rate schedule still ends at its low (a lent GPU for a fixed time)")
+                       help="time budget for the run: from epoch 2 on, the epoch count shrinks to what fits at the "
+                            "recent pace, so the learning-rate schedule still ends at its low (a GPU lent for a "
+                            "fixed time)")
     train.add_argument("--workers", type=int, default=0,
                        help="data-loading worker processes (0: augment in the training process; on a GPU, 2-4 keep "
                             "it fed)")

@@ -350,9 +350,10 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             fresh optimiser and schedule); its architecture, preprocessing (but for the grid size) and patient
             split must match. The run's epochs are numbered after the epoch those weights come from, its log
             opens with their history and its config records them under ``initialised_from``.
-        time_budget: seconds the whole run may take (slice preparation included). After the second epoch the
-            run fits its epoch count to what is left (never more than ``config.epochs``), so the cosine schedule
-            ends on time instead of being cut off at a high learning rate; the config records the count.
+        time_budget: seconds this call may take (slice preparation included). From the second epoch on, the
+            run fits its epoch count to the time left at the pace of its last epochs (never more than
+            ``config.epochs``, and never growing again), so the cosine schedule ends on time instead of being cut
+            off at a high learning rate; the config records the count.
         workers: data-loading worker processes (0: augment in the training process). A GPU trains faster than
             one CPU core augments, so give it a few.
     """
@@ -416,12 +417,12 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
         if "fitted_epochs" in state:  # a time budget already fixed the schedule's length
             config = replace(config, epochs=state["fitted_epochs"])
-            recipe["training"].update(epochs=config.epochs, time_budget_s=time_budget)
+            recipe["training"].update(epochs=config.epochs, time_budget_s=state.get("time_budget_s"))
             total_steps = steps_per_epoch * config.epochs
     epoch_offset = state.get("epoch_offset", 0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
-    epoch = state["epoch"] + 1
+    epoch, recent_seconds = state["epoch"] + 1, []
     while epoch <= config.epochs:
         started = time.time()
         model.train()
@@ -460,14 +461,19 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             "learning_rate": optimizer.param_groups[0]["lr"],
             "seconds": round(time.time() - started, 1),
         }
-        if time_budget is not None and epoch >= 2 and "fitted_epochs" not in state:
-            fitted = _fit_epochs(epoch, row["seconds"], time_budget - (time.time() - started_run), config.epochs)
-            config = replace(config, epochs=fitted)
-            recipe["training"].update(epochs=fitted, time_budget_s=time_budget)
-            total_steps = steps_per_epoch * fitted
-            state["fitted_epochs"] = fitted
-            _record_fitted_epochs(out_dir / "best" / "config.json", recipe["training"])
-            tqdm.write(f"time budget {time_budget:.0f} s: {fitted} epochs fit")
+        recent_seconds.append(row["seconds"])
+        # From epoch 2 on (the first carries start-up costs), fit the schedule to the time left at the pace of the
+        # last few epochs; it only ever shrinks, so a GPU that others start sharing shortens it again.
+        if time_budget is not None and epoch >= 2:
+            pace = float(np.mean(recent_seconds[-3:]))
+            fitted = _fit_epochs(epoch, pace, time_budget - (time.time() - started_run), config.epochs)
+            if fitted < config.epochs or "fitted_epochs" not in state:
+                config = replace(config, epochs=fitted)
+                recipe["training"].update(epochs=fitted, time_budget_s=time_budget)
+                total_steps = steps_per_epoch * fitted
+                state.update(fitted_epochs=fitted, time_budget_s=time_budget)
+                _record_fitted_epochs(out_dir / "best" / "config.json", recipe["training"])
+                tqdm.write(f"time budget {time_budget:.0f} s: {fitted} epochs fit")
         _append_log(out_dir / LOG_NAME, row)
         tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation per-volume Dice "
                    f"mean {row['val_dice_mean']:.4f} median {row['val_dice_median']:.4f}  ({row['seconds']} s)")
