@@ -163,6 +163,21 @@ def recall_weight(text: str) -> float:
     return value
 
 
+def non_negative(kind: type[int] | type[float]):
+    """An argparse type: a number of ``kind`` that is 0 or more (``--workers``, ``--minutes``)."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{value} is negative")
+        return value
+    return parse
+
+
 def epoch_list(text: str) -> list[int]:
     """``"55-67"`` or ``"40,45,50"`` (or a mix) as a sorted list of epoch numbers."""
     epochs: set[int] = set()
@@ -244,11 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default=None,
                        help="start from this weights folder (e.g. weights/) with a fresh schedule: a warm restart")
     train.add_argument("--max-patients", type=int, default=None, help="use only N patients a side (smoke tests)")
-    train.add_argument("--minutes", type=float, default=None,
+    train.add_argument("--minutes", type=non_negative(float), default=None,
                        help="time budget for the run: from epoch 2 on, the epoch count shrinks to what fits at the "
                             "recent pace, so the learning-rate schedule still ends at its low (a GPU lent for a "
                             "fixed time)")
-    train.add_argument("--workers", type=int, default=0,
+    train.add_argument("--workers", type=non_negative(int), default=0,
                        help="data-loading worker processes (0: augment in the training process; on a GPU, 2-4 keep "
                             "it fed)")
     train.set_defaults(handler=_train)

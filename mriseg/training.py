@@ -389,7 +389,6 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     dataset = SliceDataset(images, masks, training_augmentation(config.augmentation))
     weights = sampling_weights(masks, config.positive_fraction)
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
 
     checkpoint_dir = out_dir / "checkpoint"
     resuming = resume and (checkpoint_dir / "checkpoint.safetensors").exists()
@@ -418,7 +417,6 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         if "fitted_epochs" in state:  # a time budget already fixed the schedule's length
             config = replace(config, epochs=state["fitted_epochs"])
             recipe["training"].update(epochs=config.epochs, time_budget_s=state.get("time_budget_s"))
-            total_steps = steps_per_epoch * config.epochs
     epoch_offset = state.get("epoch_offset", 0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
@@ -437,7 +435,7 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         for step_in_epoch, (batch, target) in enumerate(progress):
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, config)
+                group["lr"] = learning_rate_at(step, steps_per_epoch * config.epochs, config)
             batch = batch.to(device).contiguous(memory_format=memory_format)
             target = target.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
@@ -470,7 +468,6 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             if fitted < config.epochs or "fitted_epochs" not in state:
                 config = replace(config, epochs=fitted)
                 recipe["training"].update(epochs=fitted, time_budget_s=time_budget)
-                total_steps = steps_per_epoch * fitted
                 state.update(fitted_epochs=fitted, time_budget_s=time_budget)
                 _record_fitted_epochs(out_dir / "best" / "config.json", recipe["training"])
                 tqdm.write(f"time budget {time_budget:.0f} s: {fitted} epochs fit")

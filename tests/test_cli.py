@@ -87,6 +87,14 @@ def test_weights_tuned_with_tta_are_evaluated_with_it(tmp_path, kaggle_folder):
     assert json.loads(report_path.read_text())["tta"] is True
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--workers", "-1", "--workers: -1 is negative"), ("--workers", "two", "--workers: 'two' is not a whole number"),
+    ("--minutes", "-5", "--minutes: -5.0 is negative"), ("--minutes", "soon", "--minutes: 'soon' is not a number")])
+def test_train_refuses_a_negative_or_unreadable_budget_or_worker_count(tmp_path, option, value, message):
+    result = mriseg("train", "--data", str(tmp_path), option, value)
+    assert result.returncode == 2 and message in result.stderr
+
+
 def test_train_refuses_a_recall_weight_outside_0_1(tmp_path):
     result = mriseg("train", "--data", str(tmp_path), "--recall-weight", "1.5")
     assert result.returncode == 2 and "--recall-weight: 1.5 is outside (0, 1)" in result.stderr
