@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mriseg.model import Segmentation
+from mriseg.model import Segmentation, fold_batchnorm
 from mriseg.postprocessing import PostprocessingConfig, binarize
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 
@@ -51,6 +51,9 @@ class Segmenter:
     Thread-safe for prediction: the network is in eval mode and never modified, so one instance can serve every
     session of the app at once.
 
+    ``model`` is the network as trained (what the app's architecture view and feature maps show); the forward
+    passes run ``folded_model``, a copy with each BatchNorm folded into its convolution (:func:`fold_batchnorm`).
+
     Args:
         model: the network (its weights already loaded).
         preprocessing: the parameters the network was trained with.
@@ -82,6 +85,7 @@ class Segmenter:
         memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.memory_format = memory_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
+        self.folded_model = fold_batchnorm(self.model).to(memory_format=memory_format)
 
     @property
     def device_label(self) -> str:
@@ -99,9 +103,9 @@ class Segmenter:
             batch = torch.from_numpy(np.ascontiguousarray(grid[start : start + self.batch_size]))
             batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                views = [torch.sigmoid(self.model(batch).float())]
+                views = [torch.sigmoid(self.folded_model(batch).float())]
                 if tta:
-                    views.append(torch.sigmoid(self.model(batch.flip(-1)).float()).flip(-1))
+                    views.append(torch.sigmoid(self.folded_model(batch.flip(-1)).float()).flip(-1))
             stacked = torch.stack(views)
             means.append(stacked.mean(0)[:, 0].cpu().numpy())
             if tta:

