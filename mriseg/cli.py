@@ -206,9 +206,11 @@ def _export(args: argparse.Namespace) -> int:
     from mriseg.evaluation import format_report
     from mriseg.export import export_run
 
-    report = export_run(args.run, args.data, args.out, tta=args.tta, device=args.device, source=args.source)
+    # Written beside the run unless --out says otherwise: shipping a model over weights/ is a deliberate step.
+    out = args.out or Path(args.run) / "weights"
+    report = export_run(args.run, args.data, out, tta=args.tta, device=args.device, source=args.source)
     print(format_report(report))
-    print(f"weights folder written: {args.out}")
+    print(f"weights folder written: {out}")
     return 0
 
 
@@ -307,12 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(predict)
     predict.set_defaults(handler=_predict)
 
-    export = commands.add_parser("export", help="tune on validation patients and write the shipped weights folder")
+    export = commands.add_parser("export", help="tune on validation patients and write a weights folder")
     export.add_argument("--run", required=True, help="training run folder (with best/)")
     export.add_argument("--source", default="best",
                         help="weights folder inside the run to export: best (default) or average")
     export.add_argument("--data", required=True, help="the data folder the run was trained on")
-    export.add_argument("--out", default="weights", help="weights folder to write")
+    export.add_argument("--out", default=None,
+                        help="weights folder to write (default: <run>/weights; --out weights ships it)")
     export.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
     export.add_argument("--device", default="auto", help="auto, cpu or cuda")
     export.set_defaults(handler=_export)
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = commands.add_parser("ensemble", help="combine exported U-Nets into one ensemble, tuned on validation")
     ensemble.add_argument("--members", required=True, nargs="+", help="two or more exported weights folders")
     ensemble.add_argument("--data", required=True, help="the data folder the members were trained on")
-    ensemble.add_argument("--out", default="weights", help="weights folder to write")
+    ensemble.add_argument("--out", required=True, help="weights folder to write (weights: ship it)")
     ensemble.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
     ensemble.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ensemble.set_defaults(handler=_ensemble)

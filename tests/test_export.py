@@ -12,7 +12,7 @@ import pytest
 
 from mriseg.averaging import average_epochs
 from mriseg.bundle import load_segmenter, read_config
-from mriseg.cli import build_parser
+from mriseg.cli import build_parser, main
 from mriseg.export import describe_stages, export_run
 from mriseg.model import UNetConfig
 from mriseg.preprocessing import PreprocessingConfig
@@ -24,17 +24,20 @@ def log_epochs(path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
+def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, monkeypatch):
     patients = sorted({e["patient"] for e in slice_samples})
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": patients[:4], "validation": patients[4:6]}))
     tiny = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1, architecture=UNetConfig(base_width=4, depth=2),
                 preprocessing=PreprocessingConfig(grid_size=64))
 
-    # Stage 1, exported as a weights folder: its log and its best epoch travel with it.
+    # Stage 1, exported from the command line as a weights folder: its log and its best epoch travel with it.
+    # Without --out it lands beside the run, never over the shipped weights/ of the working directory.
     stage1 = tmp_path / "stage1"
     state = train(kaggle_folder, stage1, split, TrainConfig(epochs=3, learning_rate=1e-3, **tiny), device="cpu")
-    export_run(stage1, kaggle_folder, stage1 / "weights", device="cpu")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--run", str(stage1), "--data", str(kaggle_folder), "--device", "cpu"]) == 0
+    assert not (tmp_path / "weights").exists()
     best = state["best_epoch"]
     assert read_config(stage1 / "weights")["best_epoch"] == best
 
@@ -88,6 +91,12 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples):
 def test_average_command_reads_epoch_ranges(text, epochs):
     args = build_parser().parse_args(["average", "--run", "r", "--data", "d", "--epochs", text])
     assert args.epochs == epochs
+
+
+def test_ensemble_command_needs_an_out_folder(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ensemble", "--members", "a", "b", "--data", "d"])
+    assert "--out" in capsys.readouterr().err
 
 
 def test_average_command_rejects_a_bad_range(capsys):
