@@ -29,7 +29,8 @@ def _train(args: argparse.Namespace) -> int:
         recall_weight=args.recall_weight,
         dice_per_slice=args.dice_per_slice,
         architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
-        preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context),
+        preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context,
+                                          normalize_over=args.normalize_over),
     )
     state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
                   max_patients=args.max_patients, init_from=args.init,
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grid", type=int, default=128, help="side of the square grid the model sees")
     train.add_argument("--context", type=int, default=0,
                        help="neighbouring slices on each side fed as extra input channels (2.5D); 0: the slice alone")
+    train.add_argument("--normalize-over", choices=("slice", "volume"), default="slice",
+                       help="z-score intensities over each slice's head, or over the head in the whole volume")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--fp32", action="store_true",

@@ -1,12 +1,13 @@
 """Combine separately trained U-Nets into one ensemble weights folder.
 
 Each member is a weights folder written by ``export`` (its config and training log travel with it). The
-members must share the preprocessing, but for two things: a one-slice U-Net may join 2.5D members, widened so
-that it ignores the neighbouring slices, and members trained on different grid sizes each see the input at their
-own scale (the ensemble works on the finest grid and averages their probabilities there). They must also share
-the patient split
-(otherwise one member's training patients would sit among the others' validation patients and inflate the
-validation numbers). The ensemble is then tuned and scored on those validation patients like a single model.
+members must share the preprocessing, but for three things: a one-slice U-Net may join 2.5D members, widened so
+that it ignores the neighbouring slices; members trained on different grid sizes each see the input at their
+own scale (the ensemble works on the finest grid and averages their probabilities there); and members trained on
+slices normalised by slice and by volume each get their own channels of an input that holds both. They must also
+share the patient split (otherwise one member's training patients would sit among the others' validation patients
+and inflate the validation numbers). The ensemble is then tuned and scored on those validation patients like a
+single model.
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
         configs.append(config)
     preprocessings = [PreprocessingConfig.from_dict(config["preprocessing"]) for config in configs]
     # Members may differ in context: a one-slice U-Net joins 2.5D ones widened (exactly: it ignores neighbours);
-    # and in grid size: the ensemble takes the finest grid and shrinks the input for the others.
+    # in grid size: the ensemble takes the finest grid and shrinks the input for the others; and in normalisation:
+    # the input then holds each one (slice first), and each member takes its own channels.
     context = max(preprocessing.context_slices for preprocessing in preprocessings)
     grids = [preprocessing.grid_size for preprocessing in preprocessings]
-    shared = replace(preprocessings[0], context_slices=context, grid_size=max(grids))
-    members, ready = [], []
+    used = {preprocessing.normalize_over for preprocessing in preprocessings}
+    normalize_over = "+".join(over for over in ("slice", "volume") if over in used)
+    shared = replace(preprocessings[0], context_slices=context, grid_size=max(grids), normalize_over=normalize_over)
+    members, ready, first_channels = [], [], []
     for folder, model, config, preprocessing in zip(folders, models, configs, preprocessings, strict=True):
-        joined = replace(preprocessing, context_slices=context, grid_size=shared.grid_size)
+        joined = replace(preprocessing, context_slices=context, grid_size=shared.grid_size,
+                         normalize_over=normalize_over)
         if preprocessing.context_slices not in (0, context) or joined != shared:
             raise ValueError(f"{folder} uses other preprocessing than {folders[0]} ({config['preprocessing']} vs "
                              f"{configs[0]['preprocessing']}): ensemble members must see the same kind of input")
@@ -69,14 +74,18 @@ def combine(folders: Sequence[str | Path]) -> tuple[UNetEnsemble, dict, str]:
                              "training patients would be among the validation patients that score the ensemble")
         widened = preprocessing.context_slices < context
         if widened:
-            model = widen_input(model, shared.input_channels)
+            model = widen_input(model, shared.channels_per_normalization)
         ready.append(model)
+        first_channels.append(shared.normalizations.index(preprocessing.normalize_over)
+                              * shared.channels_per_normalization)
         members.append(dict(recipe_of(config, drop=MEMBER_DROP), architecture=model.config.to_dict(),
                             preprocessing=shared.to_dict(), trained_preprocessing=config["preprocessing"],
                             widened_to_context=widened))
     config = {"split": configs[0]["split"], "data": configs[0].get("data"), "members": members,
               "preprocessing": shared.to_dict()}
-    return UNetEnsemble(ready, grids if len(set(grids)) > 1 else None), config, merged_log(folders)
+    ensemble = UNetEnsemble(ready, grids if len(set(grids)) > 1 else None,
+                            first_channels if len(used) > 1 else None)
+    return ensemble, config, merged_log(folders)
 
 
 def merged_log(folders: Sequence[str | Path]) -> str:

@@ -118,6 +118,15 @@ class FeatureMaps:
         return [int(i) for i in np.argsort(activation)[::-1][:count]]
 
 
+def member_normalization(segmenter: Segmenter, member: int = 0) -> str:
+    """Over what U-Net ``member`` of the loaded model sees intensities z-scored: "slice" or "volume"."""
+    preprocessing = segmenter.preprocessor.config
+    first_channels = getattr(segmenter.model.config, "member_channels", None)
+    if first_channels is None:
+        return preprocessing.normalizations[0]
+    return preprocessing.normalizations[first_channels[member] // preprocessing.channels_per_normalization]
+
+
 @torch.inference_mode()
 def feature_maps(segmenter: Segmenter, volume: np.ndarray, index: int = 0, member: int = 0) -> FeatureMaps:
     """Run one slice through the model with forward hooks on every stage.

@@ -120,6 +120,8 @@ def how_member_joined(member: dict, ensemble: dict) -> str:
     grid = grid_of(member.get("trained_preprocessing"))
     if grid < grid_of(ensemble["preprocessing"]):
         notes += f", trained on a {grid}x{grid} grid; the ensemble shrinks the input to that grid for it"
+    if normalization_of(member.get("trained_preprocessing")) != normalization_of(ensemble["preprocessing"]):
+        notes += f", trained on slices normalised by {normalization_of(member.get('trained_preprocessing'))}"
     return notes
 
 
@@ -172,7 +174,7 @@ It powers the **mriseg** teaching app.
 {describe_architecture(config["architecture"])}
 - Input: {describe_input(config['preprocessing'])}, each clipped to the
   {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']} percentiles of the head, z-scored
-  over the head, padded to a square and resized to
+  over the head {describe_normalization(config['preprocessing'])}, padded to a square and resized to
   {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to
   the original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
   (8-bit PNG, 16-bit DICOM, float NIfTI) gives the same input.
@@ -247,6 +249,19 @@ def context_of(preprocessing: dict | None) -> int:
     return PreprocessingConfig.from_dict(preprocessing or {}).context_slices
 
 
+def normalization_of(preprocessing: dict | None) -> str:
+    """How a stage's slices were normalised: "slice", "volume" (configs from before the option: by slice)."""
+    return PreprocessingConfig.from_dict(preprocessing or {}).normalize_over
+
+
+def describe_normalization(preprocessing: dict) -> str:
+    """Over which head the card's input is z-scored."""
+    return {"slice": "(in that slice)",
+            "volume": "(in all slices of the volume together, so a slice keeps its brightness within the scan)",
+            "slice+volume": "(in that slice, and again in all slices of the volume together, as separate channels: "
+                            "each U-Net gets the input it was trained on)"}[normalization_of(preprocessing)]
+
+
 def grid_of(preprocessing: dict | None) -> int:
     """Side of the model grid a stage saw."""
     return PreprocessingConfig.from_dict(preprocessing or {}).grid_size
@@ -311,6 +326,9 @@ def describe_stages(stages: list[dict]) -> str:
         grid = grid_of(trained_preprocessing(stage))
         if number > 1 and grid != grid_of(trained_preprocessing(stages[number - 2])):
             start += f", moved to the {grid}x{grid} grid"
+        normalization = normalization_of(trained_preprocessing(stage))
+        if number > 1 and normalization != normalization_of(trained_preprocessing(stages[number - 2])):
+            start += f", moved to intensities normalised by {normalization}"
         if stage.get("averaged_epochs"):
             averaged = stage["averaged_epochs"]
             kept = (f"the weights of epochs {averaged[0]}-{averaged[-1]} averaged into one model (batch-norm "
@@ -341,7 +359,7 @@ def train_options(stage: dict, model: dict) -> str:
     preprocessing = trained_preprocessing(stage) or trained_preprocessing(model)
     options = [f"--{name} {value}" for name, value, default in (
         ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", preprocessing["grid_size"], 128),
-        ("context", context_of(preprocessing), 0),
+        ("context", context_of(preprocessing), 0), ("normalize-over", normalization_of(preprocessing), "slice"),
         ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0),
         # runs from before the strong recipe existed record no augmentation
         ("augmentation", training.get("augmentation", "standard"), "standard"),
@@ -354,10 +372,11 @@ def train_options(stage: dict, model: dict) -> str:
 
 
 def stage_identity(stage: dict) -> str:
-    """What makes two recorded stages the same run: recipe, grid and context, and the weights kept."""
+    """What makes two recorded stages the same run: recipe, grid, context and normalisation, and the weights kept."""
     preprocessing = trained_preprocessing(stage)
     return json.dumps([stage["training"], stage.get("best_epoch"), stage.get("averaged_epochs"),
-                       grid_of(preprocessing), context_of(preprocessing)], sort_keys=True)
+                       grid_of(preprocessing), context_of(preprocessing), normalization_of(preprocessing)],
+                      sort_keys=True)
 
 
 def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, int]:

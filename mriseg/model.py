@@ -162,26 +162,32 @@ def widen_input(model: UNet, in_channels: int) -> UNet:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member, and each member's grid.
+    """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member, each member's grid and input.
 
-    Stored in ``config.json`` as ``{"members": [{...}, {...}], "member_grids": [128, 192]}``; without
-    ``member_grids`` every member works on the ensemble's own input grid.
+    Stored in ``config.json`` as ``{"members": [{...}, {...}], "member_grids": [128, 192],
+    "member_channels": [0, 1]}``; without ``member_grids`` every member works on the ensemble's own input grid,
+    without ``member_channels`` every member takes all input channels. ``member_channels[i]`` is the first input
+    channel of member ``i``, which takes as many as its ``in_channels``.
     """
 
     members: tuple[UNetConfig, ...]
     member_grids: tuple[int, ...] | None = None
+    member_channels: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         values: dict = {"members": [member.to_dict() for member in self.members]}
         if self.member_grids is not None:
             values["member_grids"] = list(self.member_grids)
+        if self.member_channels is not None:
+            values["member_channels"] = list(self.member_channels)
         return values
 
     @classmethod
     def from_dict(cls, values: dict) -> EnsembleConfig:
-        grids = values.get("member_grids")
+        grids, channels = values.get("member_grids"), values.get("member_channels")
         return cls(tuple(UNetConfig.from_dict(member) for member in values["members"]),
-                   None if grids is None else tuple(int(grid) for grid in grids))
+                   None if grids is None else tuple(int(grid) for grid in grids),
+                   None if channels is None else tuple(int(channel) for channel in channels))
 
 
 class UNetEnsemble(nn.Module):
@@ -196,9 +202,13 @@ class UNetEnsemble(nn.Module):
     coarser one gets the input shrunk to its own scale (area averaging, as the preprocessing shrinks slices) and
     its probabilities are resized back (bilinear) before they are averaged.
 
+    Members may also have been trained on differently normalised input (see ``PreprocessingConfig.normalize_over``):
+    the input then holds each normalisation as its own channels, and each member takes its own.
+
     Args:
-        members: the trained U-Nets; they must take the same input channels.
+        members: the trained U-Nets; without ``member_channels`` they must take the same input channels.
         member_grids: each member's grid side, or None when all share the input's grid.
+        member_channels: the first input channel of each member, or None when all take the whole input.
 
     Example:
         >>> ensemble = UNetEnsemble([UNet(UNetConfig(base_width=4, depth=2)), UNet(UNetConfig(base_width=8))])
@@ -206,15 +216,18 @@ class UNetEnsemble(nn.Module):
         torch.Size([1, 1, 32, 32])
     """
 
-    def __init__(self, members: Sequence[UNet], member_grids: Sequence[int] | None = None) -> None:
+    def __init__(self, members: Sequence[UNet], member_grids: Sequence[int] | None = None,
+                 member_channels: Sequence[int] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two U-Nets, got {len(members)}")
-        if member_grids is not None and len(member_grids) != len(members):
-            raise ValueError(f"{len(member_grids)} member grids given for {len(members)} U-Nets")
+        for name, values in (("grids", member_grids), ("channels", member_channels)):
+            if values is not None and len(values) != len(members):
+                raise ValueError(f"{len(values)} member {name} given for {len(members)} U-Nets")
         self.members = nn.ModuleList(members)
         self.config = EnsembleConfig(tuple(member.config for member in members),
-                                     None if member_grids is None else tuple(member_grids))
+                                     None if member_grids is None else tuple(member_grids),
+                                     None if member_channels is None else tuple(member_channels))
 
     @property
     def size_multiple(self) -> int:
@@ -226,7 +239,10 @@ class UNetEnsemble(nn.Module):
         return grid if grids is None else round(grid * grids[index] / max(grids))
 
     def member_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (on the ensemble's grid) at the scale member ``index`` was trained on."""
+        """``x`` (on the ensemble's grid): the channels member ``index`` takes, at the scale it was trained on."""
+        if self.config.member_channels is not None:
+            first = self.config.member_channels[index]
+            x = x[:, first : first + self.config.members[index].in_channels]
         size = [self.member_grid(index, side) for side in x.shape[-2:]]
         return x if size == list(x.shape[-2:]) else nn.functional.interpolate(x, size=size, mode="area")
 
@@ -260,5 +276,6 @@ def create_model(config: UNetConfig | EnsembleConfig | dict | None = None) -> Se
     if isinstance(config, dict):
         config = EnsembleConfig.from_dict(config) if "members" in config else UNetConfig.from_dict(config)
     if isinstance(config, EnsembleConfig):
-        return UNetEnsemble([UNet(member) for member in config.members], config.member_grids)
+        return UNetEnsemble([UNet(member) for member in config.members], config.member_grids,
+                            config.member_channels)
     return UNet(config or UNetConfig())

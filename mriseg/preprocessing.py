@@ -2,8 +2,9 @@
 
 Every parameter lives in :class:`PreprocessingConfig`, which is stored in ``weights/config.json`` beside the
 weights, so inference cannot drift from training: whatever intensity scale a file arrives in (8-bit PNG,
-16-bit DICOM, float NIfTI), each slice is clipped to robust percentiles of the head and z-scored over the head,
-padded to a square and resized to the model grid. Probabilities are mapped back to the original size.
+16-bit DICOM, float NIfTI), each slice is clipped to robust percentiles of the head and z-scored over the head
+(its own, or the head in the whole volume), padded to a square and resized to the model grid. Probabilities are
+mapped back to the original size.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import cv2
 import numpy as np
 
 from mriseg.config import DictConfig
+
+NORMALIZE_OVER = ("slice", "volume", "slice+volume")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class PreprocessingConfig(DictConfig):
             whether a faint patch is tumour is much clearer when the slices above and below show it too. 0: the
             slice alone. Where a volume ends, and for a lone 2D image, a slice stands in for its missing
             neighbours.
+        normalize_over: ``"slice"``: clip and z-score each slice by its own head; ``"volume"``: by the head in all
+            slices of the volume together, so that a slice near the top of the head, where tumour fills much of a
+            small head, keeps the contrast its tumour has in the rest of the volume instead of being z-scored
+            against itself. A lone 2D image is its own volume either way. ``"slice+volume"``: both, one after the
+            other as input channels (for an ensemble whose members were trained one way and the other).
     """
 
     grid_size: int = 128
@@ -38,21 +46,34 @@ class PreprocessingConfig(DictConfig):
     clip_high: float = 99.5
     head_fraction: float = 0.1
     context_slices: int = 0
+    normalize_over: str = "slice"
+
+    def __post_init__(self) -> None:
+        if self.normalize_over not in NORMALIZE_OVER:
+            raise ValueError(f"normalize_over must be one of {NORMALIZE_OVER}, got {self.normalize_over!r}")
+
+    @property
+    def normalizations(self) -> tuple[str, ...]:
+        """The normalisations the input holds, in channel order: ``("slice",)``, ``("volume",)`` or both."""
+        return tuple(self.normalize_over.split("+"))
+
+    @property
+    def channels_per_normalization(self) -> int:
+        """The slice and its neighbours on both sides."""
+        return 1 + 2 * self.context_slices
 
     @property
     def input_channels(self) -> int:
-        """Channels of the model input: the slice and its neighbours on both sides."""
-        return 1 + 2 * self.context_slices
+        """Channels of the model input: the slice and its neighbours, once per normalisation."""
+        return len(self.normalizations) * self.channels_per_normalization
 
 
-def head_mask(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray:
-    """Pixels bright enough to be head rather than background; all pixels when that leaves too few."""
+def find_head(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray | None:
+    """Pixels bright enough to be head rather than background; None when too few are (a blank slice)."""
     background = np.percentile(image, 1.0)
     bright = np.percentile(image, 99.0)
     mask = image > background + head_fraction * (bright - background)
-    if mask.sum() < 0.01 * image.size:
-        return np.ones_like(mask)
-    return mask
+    return None if mask.sum() < 0.01 * image.size else mask
 
 
 class RobustNormalize:
@@ -71,15 +92,25 @@ class RobustNormalize:
         self.config = config
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        image = np.asarray(image, dtype=np.float32)
-        head = head_mask(image, self.config.head_fraction)
-        low, high = np.percentile(image[head], [self.config.clip_low, self.config.clip_high])
-        clipped = np.clip(image, low, high)
-        head_values = clipped[head]
+        return self.volume(np.asarray(image, dtype=np.float32)[None])[0]
+
+    def volume(self, slices: np.ndarray) -> np.ndarray:
+        """Normalise (S, H, W) slices together: percentiles, mean and spread over the head of every slice.
+
+        Each slice finds its own head (the background level differs from slice to slice), and their pixels are
+        pooled for the statistics. Blank slices (beyond the head, common at the ends of a 3D scan) add nothing;
+        when no slice shows a head, all pixels count.
+        """
+        slices = np.asarray(slices, dtype=np.float32)
+        heads = [find_head(image, self.config.head_fraction) for image in slices]
+        found = [image[head] for image, head in zip(slices, heads, strict=True) if head is not None]
+        head_values = np.concatenate(found) if found else slices.ravel()
+        low, high = np.percentile(head_values, [self.config.clip_low, self.config.clip_high])
+        head_values = np.clip(head_values, low, high)
         std = float(head_values.std())
         if std < 1e-6:
             std = 1.0
-        return ((clipped - float(head_values.mean())) / std).astype(np.float32)
+        return ((np.clip(slices, low, high) - float(head_values.mean())) / std).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -162,23 +193,40 @@ class Preprocessor:
         self.to_grid = ToGrid(config.grid_size)
 
     def slice_to_grid(self, image: np.ndarray) -> np.ndarray:
-        normalized = self.normalize(image)
-        return self.to_grid(normalized, fill=float(normalized.min()))
+        """(H, W) slice -> (G, G) normalised grid (a lone slice is normalised the same by slice and by volume)."""
+        return self.volume_to_grids(np.asarray(image)[None])[0][0]
 
     def mask_to_grid(self, mask: np.ndarray) -> np.ndarray:
         """Resize a binary mask to the grid as a soft (area-fraction) target for training."""
         return self.to_grid(np.asarray(mask, dtype=np.float32), fill=0.0)
 
-    def volume_to_grid(self, volume: np.ndarray) -> np.ndarray:
-        """(S, H, W) slices -> (S, G, G) normalised model input."""
-        return np.stack([self.slice_to_grid(image) for image in volume]).astype(np.float32)
+    def normalize_volume(self, volume: np.ndarray, over: str = "slice") -> np.ndarray:
+        """(S, H, W) slices -> (S, H, W) intensities normalised ``over`` each slice or the whole volume."""
+        if over == "volume":
+            return self.normalize.volume(volume)
+        return np.stack([self.normalize(image) for image in volume])
+
+    def volume_to_grids(self, volume: np.ndarray) -> list[np.ndarray]:
+        """(S, H, W) slices -> one (S, G, G) normalised grid stack per configured normalisation."""
+        grids = []
+        for over in self.config.normalizations:
+            normalized = self.normalize_volume(volume, over)
+            # Padding takes the darkest (clipped) level, the background's.
+            grids.append(np.stack([self.to_grid(image, fill=float(image.min())) for image in normalized]))
+        return grids
 
     def volume_to_input(self, volume: np.ndarray) -> np.ndarray:
         """(S, H, W) slices -> (S, C, G, G) model input: normalised grids with their neighbouring slices."""
-        return stack_context(self.volume_to_grid(volume), self.config.context_slices)
+        context = self.config.context_slices
+        return np.concatenate([stack_context(grid, context) for grid in self.volume_to_grids(volume)], axis=1)
 
     def slice_input(self, volume: np.ndarray, index: int) -> np.ndarray:
-        """(C, G, G) model input of slice ``index`` of a (S, H, W) volume, preparing only the slices it needs."""
+        """(C, G, G) model input of slice ``index`` of a (S, H, W) volume, preparing only the slices it needs.
+
+        Normalised by the volume, it still needs the statistics of every slice.
+        """
+        if "volume" in self.config.normalizations:
+            return self.volume_to_input(volume)[index]
         context = self.config.context_slices
         start = max(0, index - context)
         window = self.volume_to_input(volume[start : index + context + 1])

@@ -315,7 +315,8 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
     A one-slice U-Net may start a 2.5D run (same network otherwise): its first convolution gets zero weights for
     the neighbouring slices, so the run starts out predicting exactly what the starting weights did. The run may
     also move to another grid size: the U-Net is fully convolutional, so its filters carry over to a finer grid,
-    where they meet anatomy at another scale and need the run to adapt.
+    where they meet anatomy at another scale and need the run to adapt, or to normalisation by the volume instead of
+    the slice, which changes most slices' intensities only a little.
     """
     if not isinstance(initial, UNet):
         raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders (its README.md "
@@ -328,7 +329,9 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
         preprocessing = replace(preprocessing, context_slices=config.preprocessing.context_slices)
     if initial.config != config.architecture:
         raise ValueError(f"{source} has another architecture: {initial_config['architecture']}")
-    if replace(preprocessing, grid_size=config.preprocessing.grid_size) != config.preprocessing:
+    moved = replace(preprocessing, grid_size=config.preprocessing.grid_size,
+                    normalize_over=config.preprocessing.normalize_over)
+    if moved != config.preprocessing:
         raise ValueError(f"{source} was trained with other preprocessing: {initial_config['preprocessing']}")
     return initial.state_dict()
 

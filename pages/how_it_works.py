@@ -5,7 +5,7 @@ import streamlit as st
 
 from mriseg import webapp
 from mriseg.bundle import member_configs
-from mriseg.explain import architecture_dot, describe
+from mriseg.explain import architecture_dot, describe, member_normalization
 from mriseg.export import member_origins, training_stages
 from mriseg.model import unet_grid, unet_members
 from mriseg.visualize import display_image
@@ -54,6 +54,10 @@ if len(unets) > 1:
                     "the slice to that size for it and enlarges its answer again before averaging: networks that "
                     "saw the anatomy at another scale make different mistakes.")
         grid = member_grid
+if member_normalization(segmenter, member) == "volume":
+    st.markdown("This U-Net sees intensities z-scored over the head **in the whole scan**, not in each slice alone: "
+                "near the top of the head, where tumour can fill much of a small slice, scoring that slice against "
+                "itself would dim the tumour.")
 stages = describe(unets[member], grid)
 
 left, right = st.columns([2, 3])

@@ -140,6 +140,52 @@ def test_a_one_slice_member_joins_a_2_5d_member_widened(members, kaggle_folder, 
     assert "--context 1 --batch-size 2 --seed 2 --init runs/unet2-stage1" in " ".join(commands)
 
 
+def test_members_normalised_by_slice_and_by_volume_each_get_their_own_input(members, kaggle_folder, tmp_path,
+                                                                          monkeypatch, slice_samples):
+    folders, split = members
+    volume_run = tmp_path / "by_volume"
+    config = TrainConfig(epochs=2, seed=4, architecture=UNetConfig(base_width=4, depth=2),
+                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=64, normalize_over="volume")))
+    train(kaggle_folder, volume_run, split, config, device="cpu", init_from=folders[0])
+    export_run(volume_run, kaggle_folder, volume_run / "weights", device="cpu")
+
+    out = tmp_path / "shipped"
+    assert main(["ensemble", "--members", str(folders[1]), str(volume_run / "weights"), "--data",
+                 str(kaggle_folder), "--out", str(out), "--device", "cpu"]) == 0
+    config = read_config(out)
+    assert config["preprocessing"]["normalize_over"] == "slice+volume"
+    assert config["architecture"]["member_channels"] == [0, 1]
+    card = (out / "README.md").read_text()
+    assert "as separate channels: each U-Net gets the input it was trained on" in card
+    assert "trained on slices normalised by volume" in card
+    assert "moved to intensities normalised by volume" in card
+    commands = [line for line in card.splitlines() if line.startswith("python -m mriseg train")]
+    assert "--normalize-over volume" in commands[-1] and "--normalize-over" not in commands[0]
+
+    # Each member sees exactly the input it was trained on: the ensemble predicts the mean of the two alone.
+    volume = np.stack([read_image_file(SAMPLES / e["image"]) for e in slice_samples[:4]]) * np.linspace(
+        0.6, 1.4, 4, dtype=np.float32)[:, None, None]  # slices of unequal brightness, where the two differ
+    expected = np.mean([load_segmenter(folder, device="cpu").predict(volume).mean
+                        for folder in (folders[1], volume_run / "weights")], axis=0)
+    assert np.allclose(load_segmenter(out, device="cpu").predict(volume).mean, expected, atol=1e-3)
+
+    # How it works says which member sees the scan normalised as a whole.
+    from test_app import open_sample
+    from test_app_classroom import serve_from_hub_cache
+
+    from mriseg import webapp
+
+    try:
+        at = open_sample(serve_from_hub_cache(out, tmp_path, monkeypatch), slice_samples[0]["image"])
+        at.switch_page("pages/how_it_works.py").run()
+        assert not at.exception, at.exception
+        assert not any("in the whole scan" in m.value for m in at.markdown)
+        at.radio(key="ensemble_member").set_value(1).run()
+        assert any("in the whole scan" in m.value for m in at.markdown)
+    finally:
+        webapp.load_model.clear()
+
+
 def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_folder, tmp_path, monkeypatch,
                                                             slice_samples):
     folders, split = members

@@ -80,3 +80,50 @@ def test_slice_input_matches_the_whole_volume_input():
 def test_configs_from_before_context_read_as_one_slice():
     config = PreprocessingConfig.from_dict({"grid_size": 128, "clip_low": 0.5, "clip_high": 99.5, "head_fraction": 0.1})
     assert config.context_slices == 0 and config.input_channels == 1
+
+
+def test_volume_normalisation_keeps_a_brighter_slice_brighter():
+    """By slice, every slice is z-scored against itself; by volume, a slice keeps its place in the volume."""
+    volume = np.stack([head_phantom(96, seed=seed) for seed in range(3)])
+    volume[2] *= 1.5
+    head = volume[0] > 50
+    preprocessor = Preprocessor(PreprocessingConfig(grid_size=96))
+    by_slice, by_volume = preprocessor.normalize_volume(volume), preprocessor.normalize_volume(volume, "volume")
+    assert by_slice[2][head].mean() == pytest.approx(by_slice[0][head].mean(), abs=0.05)
+    assert by_volume[2][head].mean() > by_volume[0][head].mean() + 0.5
+    # Still blind to the file's intensity scale, now as a whole volume.
+    np.testing.assert_allclose(RobustNormalize().volume(volume), RobustNormalize().volume(volume * 9 + 4), atol=1e-4)
+    # Blank slices beyond the head (a 3D scan's ends) do not shift the statistics of the others.
+    padded = np.concatenate([np.zeros((4, 96, 96), np.float32), volume, np.zeros((2, 96, 96), np.float32)])
+    np.testing.assert_allclose(RobustNormalize().volume(padded)[4:7], RobustNormalize().volume(volume), atol=1e-5)
+
+
+def test_a_lone_slice_is_its_own_volume():
+    image = head_phantom(80)
+    by_volume = Preprocessor(PreprocessingConfig(grid_size=64, normalize_over="volume"))
+    np.testing.assert_allclose(by_volume.slice_to_grid(image), Preprocessor(PreprocessingConfig(grid_size=64))
+                               .slice_to_grid(image), atol=1e-5)
+
+
+def test_slice_input_normalised_by_the_volume_sees_every_slice():
+    volume = np.stack([head_phantom(96, seed=seed) * (1 + seed) for seed in range(5)])
+    preprocessor = Preprocessor(PreprocessingConfig(grid_size=64, context_slices=1, normalize_over="volume"))
+    whole = preprocessor.volume_to_input(volume)
+    for index in (0, 2, 4):
+        np.testing.assert_array_equal(preprocessor.slice_input(volume, index), whole[index])
+
+
+def test_unknown_normalisation_is_named():
+    with pytest.raises(ValueError, match="normalize_over.*'patient'"):
+        PreprocessingConfig(normalize_over="patient")
+    assert PreprocessingConfig.from_dict({"grid_size": 128}).normalize_over == "slice"
+
+
+def test_slice_and_volume_normalisation_side_by_side():
+    volume = np.stack([head_phantom(96, seed=seed) * (1 + seed) for seed in range(3)])
+    both = Preprocessor(PreprocessingConfig(grid_size=64, context_slices=1, normalize_over="slice+volume"))
+    assert both.config.input_channels == 6
+    stacked = both.volume_to_input(volume)
+    for part, over in enumerate(("slice", "volume")):
+        alone = Preprocessor(PreprocessingConfig(grid_size=64, context_slices=1, normalize_over=over))
+        np.testing.assert_array_equal(stacked[:, 3 * part : 3 * part + 3], alone.volume_to_input(volume))

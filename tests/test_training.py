@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -198,6 +199,13 @@ def test_warm_restart_from_a_weights_folder(kaggle_folder, tmp_path, slice_sampl
     wider = TrainConfig(**{**config.__dict__, "architecture": UNetConfig(base_width=8, depth=2)})
     with pytest.raises(ValueError, match="another architecture"):
         train(kaggle_folder, tmp_path / "third", split, wider, device="cpu", init_from=first)
+    # A restart may move to normalisation by the volume; the run's weights then say so.
+    by_volume = TrainConfig(**{**config.__dict__, "preprocessing": replace(config.preprocessing,
+                                                                           normalize_over="volume")})
+    train(kaggle_folder, tmp_path / "by_volume", split, by_volume, device="cpu", init_from=first)
+    moved = json.loads((tmp_path / "by_volume" / "best" / "config.json").read_text())
+    assert moved["preprocessing"]["normalize_over"] == "volume"
+    assert load_segmenter(tmp_path / "by_volume" / "best", device="cpu").preprocessor.config.normalize_over == "volume"
 
 
 def test_context_jitter_reverses_neighbours_or_shows_the_slice_alone():
