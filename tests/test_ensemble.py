@@ -36,6 +36,15 @@ def members(kaggle_folder, tmp_path, slice_samples):
     return folders, split
 
 
+def restarted_member(kaggle_folder, split, start, run, seed: int, preprocessing: PreprocessingConfig,
+                     architecture: UNetConfig = UNetConfig(base_width=4, depth=2)):
+    """A member warm-restarted from ``start`` with other preprocessing, trained two epochs and exported."""
+    config = TrainConfig(epochs=2, seed=seed, architecture=architecture, **dict(TINY, preprocessing=preprocessing))
+    train(kaggle_folder, run, split, config, device="cpu", init_from=start)
+    export_run(run, kaggle_folder, run / "weights", device="cpu")
+    return run / "weights"
+
+
 def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, kaggle_folder, tmp_path,
                                                                      slice_samples):
     folders, _ = members
@@ -115,10 +124,8 @@ def test_members_must_be_exported_single_unets(members, tmp_path):
 def test_a_one_slice_member_joins_a_2_5d_member_widened(members, kaggle_folder, tmp_path, slice_samples):
     folders, split = members
     context_run = tmp_path / "context"
-    config = TrainConfig(epochs=2, seed=2, architecture=UNetConfig(in_channels=3, base_width=4, depth=2),
-                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=64, context_slices=1)))
-    train(kaggle_folder, context_run, split, config, device="cpu", init_from=folders[0])
-    export_run(context_run, kaggle_folder, context_run / "weights", device="cpu")
+    restarted_member(kaggle_folder, split, folders[0], context_run, 2, PreprocessingConfig(grid_size=64,
+                     context_slices=1), UNetConfig(in_channels=3, base_width=4, depth=2))
 
     model, config, _ = combine([folders[1], context_run / "weights"])
     assert config["preprocessing"]["context_slices"] == 1
@@ -144,10 +151,8 @@ def test_members_normalised_by_slice_and_by_volume_each_get_their_own_input(memb
                                                                           monkeypatch, slice_samples):
     folders, split = members
     volume_run = tmp_path / "by_volume"
-    config = TrainConfig(epochs=2, seed=4, architecture=UNetConfig(base_width=4, depth=2),
-                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=64, normalize_over="volume")))
-    train(kaggle_folder, volume_run, split, config, device="cpu", init_from=folders[0])
-    export_run(volume_run, kaggle_folder, volume_run / "weights", device="cpu")
+    restarted_member(kaggle_folder, split, folders[0], volume_run, 4,
+                     PreprocessingConfig(grid_size=64, normalize_over="volume"))
 
     out = tmp_path / "shipped"
     assert main(["ensemble", "--members", str(folders[1]), str(volume_run / "weights"), "--data",
@@ -190,10 +195,7 @@ def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_fol
                                                             slice_samples):
     folders, split = members
     fine_run = tmp_path / "fine"
-    config = TrainConfig(epochs=2, seed=3, architecture=UNetConfig(base_width=4, depth=2),
-                         **dict(TINY, preprocessing=PreprocessingConfig(grid_size=96)))
-    train(kaggle_folder, fine_run, split, config, device="cpu", init_from=folders[0])
-    export_run(fine_run, kaggle_folder, fine_run / "weights", device="cpu")
+    restarted_member(kaggle_folder, split, folders[0], fine_run, 3, PreprocessingConfig(grid_size=96))
 
     out = tmp_path / "shipped"
     assert main(["ensemble", "--members", str(folders[0]), str(fine_run / "weights"), "--data", str(kaggle_folder),
