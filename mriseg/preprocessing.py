@@ -94,15 +94,20 @@ class RobustNormalize:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.volume(np.asarray(image, dtype=np.float32)[None])[0]
 
-    def volume(self, slices: np.ndarray) -> np.ndarray:
+    def heads(self, slices: np.ndarray) -> list[np.ndarray | None]:
+        """Each slice's head (see :func:`find_head`); found once, they serve both kinds of normalisation."""
+        return [find_head(image, self.config.head_fraction) for image in slices]
+
+    def volume(self, slices: np.ndarray, heads: list[np.ndarray | None] | None = None) -> np.ndarray:
         """Normalise (S, H, W) slices together: percentiles, mean and spread over the head of every slice.
 
         Each slice finds its own head (the background level differs from slice to slice), and their pixels are
         pooled for the statistics. Blank slices (beyond the head, common at the ends of a 3D scan) add nothing;
-        when no slice shows a head, all pixels count.
+        when no slice shows a head, all pixels count. ``heads``: the slices' heads when already found.
         """
         slices = np.asarray(slices, dtype=np.float32)
-        heads = [find_head(image, self.config.head_fraction) for image in slices]
+        if heads is None:
+            heads = self.heads(slices)
         found = [image[head] for image, head in zip(slices, heads, strict=True) if head is not None]
         head_values = np.concatenate(found) if found else slices.ravel()
         low, high = np.percentile(head_values, [self.config.clip_low, self.config.clip_high])
@@ -200,17 +205,24 @@ class Preprocessor:
         """Resize a binary mask to the grid as a soft (area-fraction) target for training."""
         return self.to_grid(np.asarray(mask, dtype=np.float32), fill=0.0)
 
-    def normalize_volume(self, volume: np.ndarray, over: str = "slice") -> np.ndarray:
+    def normalize_volume(self, volume: np.ndarray, over: str = "slice",
+                         heads: list[np.ndarray | None] | None = None) -> np.ndarray:
         """(S, H, W) slices -> (S, H, W) intensities normalised ``over`` each slice or the whole volume."""
+        volume = np.asarray(volume, dtype=np.float32)
+        if heads is None:
+            heads = self.normalize.heads(volume)
         if over == "volume":
-            return self.normalize.volume(volume)
-        return np.stack([self.normalize(image) for image in volume])
+            return self.normalize.volume(volume, heads)
+        return np.stack([self.normalize.volume(image[None], [head])[0] for image, head in zip(volume, heads,
+                                                                                               strict=True)])
 
     def volume_to_grids(self, volume: np.ndarray) -> list[np.ndarray]:
         """(S, H, W) slices -> one (S, G, G) normalised grid stack per configured normalisation."""
+        volume = np.asarray(volume, dtype=np.float32)
+        heads = self.normalize.heads(volume)
         grids = []
         for over in self.config.normalizations:
-            normalized = self.normalize_volume(volume, over)
+            normalized = self.normalize_volume(volume, over, heads)
             # Padding takes the darkest (clipped) level, the background's.
             grids.append(np.stack([self.to_grid(image, fill=float(image.min())) for image in normalized]))
         return grids
