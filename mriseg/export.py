@@ -113,15 +113,18 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
 
 
 def how_member_joined(member: dict, ensemble: dict) -> str:
-    """What an ensemble does to a member's input that its training did not: widen it, or shrink its grid."""
+    """What an ensemble does to a member's input that its training did not: widen it, shrink its grid, or pick
+    its normalisation's channels."""
     notes = ""
     if member.get("widened_to_context"):
         notes += ", trained on single slices; in the ensemble its weights for the neighbouring slices are zero"
-    grid = grid_of(member.get("trained_preprocessing"))
+    trained = member.get("trained_preprocessing")
+    grid = grid_of(trained)
     if grid < grid_of(ensemble["preprocessing"]):
         notes += f", trained on a {grid}x{grid} grid; the ensemble shrinks the input to that grid for it"
-    if normalization_of(member.get("trained_preprocessing")) != normalization_of(ensemble["preprocessing"]):
-        notes += f", trained on slices normalised by {normalization_of(member.get('trained_preprocessing'))}"
+    normalization = normalization_of(trained)
+    if normalization != normalization_of(ensemble["preprocessing"]):
+        notes += f", trained on slices normalised by {normalization}"
     return notes
 
 
