@@ -506,7 +506,7 @@ def _epoch_pace(epoch_seconds: list[float], recent: int = 3) -> float | None:
 
     The call's first epoch is left out: it carries the start-up (cuDNN trying its convolutions, the first worker
     processes, the GPU warming up), 18 s against 7 s for the next ones on a lent H100. Counted in, it made runs
-    fit 37 epochs into a budget that held 60, and a fitted schedule never grows again.
+    fit 37 epochs into a budget that held about 60, and a fitted schedule never grows again.
 
     Example:
         >>> _epoch_pace([18.0]) is None
