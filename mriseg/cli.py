@@ -225,6 +225,14 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _members(args: argparse.Namespace) -> int:
+    from mriseg.ensemble import split_members
+
+    for folder in split_members(args.weights, args.out):
+        print(f"U-Net written to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mriseg",
@@ -330,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
     ensemble.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ensemble.set_defaults(handler=_ensemble)
+
+    members = commands.add_parser("members", help="write each U-Net of an ensemble as its own weights folder "
+                                                  "(to warm-restart from, or to join another ensemble)")
+    members.add_argument("--weights", default="weights", help="the ensemble weights folder")
+    members.add_argument("--out", required=True, help="folder for unet1, unet2, ...")
+    members.set_defaults(handler=_members)
 
     bench = commands.add_parser("bench", help="inference latency and throughput")
     bench.add_argument("--weights", default=None, help="weights folder (default: resolved as for the app)")

@@ -7,7 +7,7 @@ own scale (the ensemble works on the finest grid and averages their probabilitie
 slices normalised by slice and by volume each get their own channels of an input that holds both. They must also
 share the patient split (otherwise one member's training patients would sit among the others' validation patients
 and inflate the validation numbers). The ensemble is then tuned and scored on those validation patients like a
-single model.
+single model. ``split_members`` takes an ensemble apart again, each U-Net into a weights folder of its own.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mriseg.bundle import load_model, recipe_of
+from mriseg.bundle import load_model, recipe_of, save_bundle
 from mriseg.errors import InputError
 from mriseg.export import export_model
-from mriseg.model import UNet, UNetEnsemble, widen_input
+from mriseg.model import UNet, UNetEnsemble, narrow_input, widen_input
+from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import LOG_FIELDS, LOG_NAME
 
@@ -121,3 +122,46 @@ def build_ensemble(folders: Sequence[str | Path], data_dir: str | Path, out_dir:
     model, config, log = combine(folders)
     return export_model(model, config, log, data_dir, out_dir, tta=tta, device=device)
 
+
+
+def split_members(folder: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write each U-Net of an ensemble weights folder as a weights folder of its own: the inverse of ``combine``.
+
+    Each member gets back the input it was trained on (a one-slice U-Net that the ensemble widened for its 2.5D
+    members is narrowed to one channel again; its own grid and normalisation), its recipe and its rows of the
+    training log, so it can start a warm restart (``train --init``) or join another ensemble. Its own tuned
+    post-processing was not kept when the ensemble was made: each folder carries the ensemble's.
+
+    Args:
+        folder: an ensemble weights folder (``weights/`` ships one).
+        out_dir: where to write ``unet1``, ``unet2``, ...
+
+    Returns:
+        The member folders, in the ensemble's order.
+
+    Example:
+        ``python -m mriseg members --weights weights --out runs/members``
+    """
+    model, config = load_model(folder)
+    if not isinstance(model, UNetEnsemble):
+        raise InputError(f"{folder} holds one U-Net, not an ensemble: use the folder itself")
+    log_path = Path(folder) / LOG_NAME
+    rows = {}
+    if log_path.exists():
+        with open(log_path, newline="") as handle:
+            rows = log_by_member(list(csv.DictReader(handle)))
+    postprocessing = PostprocessingConfig.from_dict(config["postprocessing"])
+    written = []
+    for number, (unet, member) in enumerate(zip(model.members, config["members"], strict=True), start=1):
+        if member.get("widened_to_context"):
+            unet = narrow_input(unet)
+        recipe = dict(recipe_of(member, drop=("trained_preprocessing", "widened_to_context")),
+                      split=config["split"], data=config.get("data"))
+        out = save_bundle(Path(out_dir) / f"unet{number}", unet,
+                          PreprocessingConfig.from_dict(member["trained_preprocessing"]), postprocessing, recipe)
+        with open(out / LOG_NAME, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows.get(number, []))
+        written.append(out)
+    return written

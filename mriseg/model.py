@@ -160,6 +160,26 @@ def widen_input(model: UNet, in_channels: int) -> UNet:
     return widened
 
 
+
+def narrow_input(model: UNet) -> UNet:
+    """The one-channel U-Net inside one made by :func:`widen_input`: the first convolution's centre channel.
+
+    Exact only while the weights for the other channels are still zero (an ensemble widens its one-slice members
+    that way and never trains them), so a U-Net that learned to use its neighbouring slices is refused.
+    """
+    key = "encoders.0.0.weight"
+    state = model.state_dict()
+    weight = state[key]
+    centre = weight.shape[1] // 2
+    neighbours = torch.cat([weight[:, :centre], weight[:, centre + 1:]], dim=1)
+    if model.config.in_channels == 1 or bool(neighbours.any()):
+        raise ValueError(f"this U-Net reads {model.config.in_channels} channels and uses them all: it was not "
+                         "widened from a one-slice U-Net, so it cannot be narrowed back to one")
+    state[key] = weight[:, centre:centre + 1].clone()
+    narrowed = UNet(replace(model.config, in_channels=1))
+    narrowed.load_state_dict(state)
+    return narrowed
+
 @dataclass(frozen=True)
 class EnsembleConfig:
     """Architecture of a :class:`UNetEnsemble`: one :class:`UNetConfig` per member, each member's grid and input.

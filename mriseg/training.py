@@ -319,8 +319,8 @@ def _initial_state(initial: UNet, initial_config: dict, config: TrainConfig, sou
     the slice, which changes most slices' intensities only a little.
     """
     if not isinstance(initial, UNet):
-        raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders (its README.md "
-                         "lists the commands that build each member)")
+        raise ValueError(f"{source} is an ensemble: start from one of its members' weights folders (python -m "
+                         f"mriseg members --weights {source} --out DIR writes them)")
     preprocessing = PreprocessingConfig.from_dict(initial_config["preprocessing"])
     adds_context = preprocessing.context_slices == 0 < config.preprocessing.context_slices and (
         initial.config.in_channels == 1)

@@ -24,14 +24,6 @@ st.markdown(
     "decoder level the encoder's sharp, high-resolution features, so the outline comes out crisp. Everything "
     "below is read from the loaded model, not written by hand."
 )
-context = segmenter.preprocessor.config.context_slices
-if context:
-    st.markdown(
-        f"This U-Net reads each slice together with the **{context} slice{'s' * (context > 1)} above and below** "
-        f"it, stacked as {1 + 2 * context} input channels (\"2.5D\"). A radiologist scrolls up and down to decide "
-        "whether a faint bright patch is tumour; the neighbours give the model the same hint. A single uploaded "
-        "image is used as its own neighbours."
-    )
 member = 0
 if len(unets) > 1:
     origins = member_origins(model.config)
@@ -54,6 +46,18 @@ if len(unets) > 1:
                     "the slice to that size for it and enlarges its answer again before averaging: networks that "
                     "saw the anatomy at another scale make different mistakes.")
         grid = member_grid
+context = segmenter.preprocessor.config.context_slices
+if context and member_configs(model.config)[member].get("widened_to_context"):
+    # The ensemble stacks neighbours for its 2.5D members; a one-slice member gets them with zero weights.
+    st.markdown("This U-Net was trained on **single slices**. The ensemble hands it the neighbouring slices too, "
+                "for its 2.5D members, but its weights for them are zero: it reads the slice alone.")
+elif context:
+    st.markdown(
+        f"This U-Net reads each slice together with the **{context} slice{'s' * (context > 1)} above and below** "
+        f"it, stacked as {1 + 2 * context} input channels (\"2.5D\"). A radiologist scrolls up and down to decide "
+        "whether a faint bright patch is tumour; the neighbours give the model the same hint. A single uploaded "
+        "image is used as its own neighbours."
+    )
 if member_normalization(segmenter, member) == "volume":
     st.markdown("This U-Net sees intensities z-scored over the head **in the whole scan**, not in each slice alone: "
                 "near the top of the head, where tumour can fill much of a small slice, scoring that slice against "

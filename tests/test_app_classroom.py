@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -52,9 +51,15 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     assert any("cross-entropy" in m.value for m in at.markdown)
     # the shipped ensemble's U-Nets ended with --dice-per-slice, and the page reads that from its config
     assert any("on each slice with tumour" in m.value for m in at.markdown)
-    # and that the third U-Net grew out of the first (the card's "stage 1: those of U-Net 1"), not a random start
-    assert any("U-Net 2 was trained from a random start; U-Net 3 began from the weights of U-Net 1" in m.value
-               for m in at.markdown)
+    # and that the second U-Net grew out of the first (the card's "stages 1-2: those of U-Net 1"), the third not
+    assert any("U-Net 2 began from the weights of U-Net 1 and was trained on by itself; U-Net 3 was trained from a "
+               "random start" in m.value for m in at.markdown)
+    # U-Net 1 was trained on single slices and reads them alone; U-Net 3 is the ensemble's 2.5D member
+    assert any("trained on **single slices**" in m.value for m in at.markdown)
+    at.radio(key="ensemble_member").set_value(2).run()
+    assert not at.exception, at.exception
+    assert any("**1 slice above and below**" in m.value for m in at.markdown)
+    assert not any("trained on **single slices**" in m.value for m in at.markdown)
 
 
 def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segmenter):
@@ -139,26 +144,12 @@ def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
 
 
 def single_unet_from_shipped(folder):
-    """A weights folder holding the first U-Net of the shipped weights (one U-Net or an ensemble), with its own
-    recipe, preprocessing and training log."""
-    from mriseg.bundle import load_model, member_configs, recipe_of, save_bundle
-    from mriseg.ensemble import log_by_member
-    from mriseg.export import trained_preprocessing
-    from mriseg.postprocessing import PostprocessingConfig
-    from mriseg.preprocessing import PreprocessingConfig
-    from mriseg.training import LOG_FIELDS, LOG_NAME
+    """A weights folder holding the first U-Net of the shipped ensemble (`members`: its own recipe, preprocessing
+    and training log) and the shipped evaluation report."""
+    from mriseg.ensemble import split_members
 
-    model, shipped = load_model(REPO_ROOT / "weights")
-    first = member_configs(shipped)[0]
-    save_bundle(folder, unet_members(model)[0], PreprocessingConfig.from_dict(trained_preprocessing(first)),
-                PostprocessingConfig.from_dict(shipped["postprocessing"]),
-                dict(recipe_of(first, drop=("trained_preprocessing", "widened_to_context")), split=shipped["split"]))
-    with open(REPO_ROOT / "weights" / LOG_NAME, newline="") as handle:
-        rows = log_by_member(list(csv.DictReader(handle)))[1]
-    with open(folder / LOG_NAME, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    first = split_members(REPO_ROOT / "weights", folder.with_name(f"{folder.name}-members"))[0]
+    shutil.copytree(first, folder)
     shutil.copy(REPO_ROOT / "weights" / "evaluation.json", folder / "evaluation.json")
     return folder
 

@@ -12,7 +12,7 @@ from mriseg.cli import main
 from mriseg.ensemble import combine, log_by_member
 from mriseg.errors import InputError
 from mriseg.export import export_run, member_origins
-from mriseg.io import read_image_file
+from mriseg.io import read_image_file, read_volume
 from mriseg.model import UNetConfig, UNetEnsemble
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import TrainConfig, train
@@ -58,8 +58,8 @@ def test_ensemble_command_ships_a_tuned_ensemble_with_both_histories(members, ka
     assert config["split"] == read_config(folders[0])["split"]
     assert config["validation_metrics"]["n_patients"] == 2
     assert member_origins(config) == [0, 0]  # both from random starts of their own
-    # the shipped ensemble: its third U-Net was warm-started from the first one's kept weights
-    assert member_origins(read_config(REPO_ROOT / "weights")) == [0, 0, 1]
+    # the shipped ensemble: its second U-Net was warm-started from the first one's kept weights, the third not
+    assert member_origins(read_config(REPO_ROOT / "weights")) == [0, 1, 0]
 
     with open(out / "training_log.csv", newline="") as handle:
         groups = log_by_member(list(csv.DictReader(handle)))
@@ -91,7 +91,7 @@ def test_an_ensemble_cannot_start_a_warm_restart(members, kaggle_folder, tmp_pat
     assert main(["train", "--data", str(kaggle_folder), "--out", str(tmp_path / "restart"), "--split", str(split),
                  "--init", str(out), "--epochs", "1", "--width", "4", "--depth", "2", "--grid", "64"]) == 2
     err = capsys.readouterr().err
-    assert "is an ensemble" in err and "README.md lists the commands that build each member" in err
+    assert "is an ensemble" in err and f"mriseg members --weights {out} --out DIR" in err
     assert "preparing training slices" not in err  # refused before any slice was prepared
 
 
@@ -280,3 +280,36 @@ def test_the_app_shows_each_member_of_a_served_ensemble(members, kaggle_folder, 
         assert f"U-Net 2: kept epoch {kept}" in curves.proto.spec
     finally:
         webapp.load_model.clear()
+
+
+def test_members_command_takes_the_shipped_ensemble_apart_exactly(tmp_path):
+    """Each shipped U-Net comes back as a weights folder with the input it was trained on, its history and its
+    log; together they predict what the ensemble predicts, and they combine into the shipped ensemble again."""
+    shipped = REPO_ROOT / "weights"
+    out = tmp_path / "members"
+    assert main(["members", "--weights", str(shipped), "--out", str(out)]) == 0
+    config = read_config(shipped)
+    folders = [out / f"unet{number}" for number in range(1, len(config["members"]) + 1)]
+    with open(shipped / "training_log.csv", newline="") as handle:
+        shipped_rows = log_by_member(list(csv.DictReader(handle)))
+    for number, (folder, member) in enumerate(zip(folders, config["members"], strict=True), start=1):
+        own = read_config(folder)
+        assert own["preprocessing"] == member["trained_preprocessing"]
+        assert own["training"] == member["training"] and own["split"] == config["split"]
+        assert own["architecture"]["in_channels"] == (1 if member["widened_to_context"] else
+                                                      member["architecture"]["in_channels"])
+        with open(folder / "training_log.csv", newline="") as handle:
+            epochs = [row["epoch"] for row in csv.DictReader(handle)]
+        assert epochs == [row["epoch"] for row in shipped_rows[number]]
+
+    volume = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels[8:14]
+    expected = load_segmenter(shipped, device="cpu").predict(volume).mean
+    each = [load_segmenter(folder, device="cpu").predict(volume).mean for folder in folders]
+    assert np.allclose(np.mean(each, axis=0), expected, atol=1e-3)
+
+    _, recombined, _ = combine(folders)
+    assert recombined["preprocessing"] == config["preprocessing"]
+    assert [m["widened_to_context"] for m in recombined["members"]] == [m["widened_to_context"]
+                                                                         for m in config["members"]]
+    assert main(["members", "--weights", str(folders[0]), "--out", str(tmp_path / "again")]) == 2  # one U-Net
+

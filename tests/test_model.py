@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from mriseg.model import EnsembleConfig, UNet, UNetConfig, UNetEnsemble, create_model, unet_members, widen_input
+from mriseg.model import (
+    EnsembleConfig,
+    UNet,
+    UNetConfig,
+    UNetEnsemble,
+    create_model,
+    narrow_input,
+    unet_members,
+    widen_input,
+)
 
 
 class BaseUNetTest:
@@ -103,3 +112,18 @@ def test_widened_unet_starts_as_the_one_slice_unet():
                               atol=1e-6)
     with pytest.raises(ValueError, match="only a one-channel U-Net"):
         widen_input(wide, 5)
+
+
+def test_narrowing_a_widened_unet_gives_back_the_one_slice_unet_and_refuses_a_trained_one():
+    torch.manual_seed(0)
+    one_slice = create_model(UNetConfig(base_width=4, depth=2)).eval()
+    narrowed = narrow_input(widen_input(one_slice, 3)).eval()
+    assert narrowed.config == one_slice.config
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(narrowed(x), one_slice(x))
+    trained = create_model(UNetConfig(in_channels=3, base_width=4, depth=2))  # random weights on every channel
+    with pytest.raises(ValueError, match="cannot be narrowed"):
+        narrow_input(trained)
+    with pytest.raises(ValueError, match="cannot be narrowed"):
+        narrow_input(one_slice)
