@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mriseg.errors import InputError
+
+if TYPE_CHECKING:
+    from mriseg.io import Volume
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO_ROOT / "splits" / "lgg-flair.json"
@@ -28,6 +32,7 @@ def _train(args: argparse.Namespace) -> int:
         augmentation=args.augmentation,
         recall_weight=args.recall_weight,
         dice_per_slice=args.dice_per_slice,
+        skull_strip=args.skull_strip,
         architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
         preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context,
                                           normalize_over=args.normalize_over),
@@ -76,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     segmenter, config, tta = _segmenter(args)
     patients = load_split(args.split)[args.subset] if args.subset else None
-    report = evaluate(args.data, segmenter, patients=patients, tta=tta)
+    report = evaluate(args.data, segmenter, patients=patients, tta=tta, variant=args.variant)
     trained_on = set(config.get("split", {}).get("train", []))
     seen = sorted(trained_on & set(report["patients"]))
     if seen:
@@ -112,20 +117,30 @@ def _predict(args: argparse.Namespace) -> int:
         probabilities = segmenter.predict(volume.pixels, tta=tta).mean
         mask = binarize(probabilities, segmenter.postprocessing, args.threshold)
         stem = path.name.split(".")[0]
-        if volume.n_slices == 1:
+        # A scan placed in scanner space (NIfTI, DICOM) gets its mask back in that space, even a single slice.
+        if volume.n_slices == 1 and volume.affine is None:
             target = out / f"{stem}_mask.png"
             target.write_bytes(mask_to_png(mask[0]))
         else:
             target = out / f"{stem}_mask.nii.gz"
             target.write_bytes(mask_to_nifti(mask, volume))
-        size = tumour_size(mask, volume)
-        parts = [f"{path.name}: tumour {size['pixels']} px"]
-        if size["area_mm2"] is not None:
-            parts.append(f"{size['area_mm2']:.1f} mm²")
-        if size["volume_ml"] is not None:
-            parts.append(f"{size['volume_ml']:.2f} mL")
-        print(", ".join(parts) + f" -> {target}")
+        print(f"{path.name}: {_size_summary(tumour_size(mask, volume), volume)} -> {target}")
     return 1 if failures else 0
+
+
+def _size_summary(size: dict, volume: Volume) -> str:
+    """Tumour size in words: mm² for a slice; for a stack the largest slice's mm² and the volume in mL (an area
+    summed over slices measures nothing)."""
+    text = f"tumour {size['pixels']} px"
+    if volume.n_slices == 1:
+        return text if volume.pixel_area_mm2 is None else f"{text}, {size['pixels'] * volume.pixel_area_mm2:.1f} mm²"
+    text += f" on {sum(n > 0 for n in size['slice_pixels'])} of {volume.n_slices} slices"
+    if size["largest_slice"] is not None and volume.pixel_area_mm2 is not None:
+        largest = size["largest_slice"]
+        text += f", largest {size['slice_pixels'][largest] * volume.pixel_area_mm2:.1f} mm² on slice {largest + 1}"
+    if size["volume_ml"] is not None:
+        text += f", volume {size['volume_ml']:.2f} mL"
+    return text
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -161,6 +176,14 @@ def recall_weight(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{value} is outside (0, 1): 0.5 is the soft Dice, 0.7 favours recall")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share between 0 and 1 (argparse type)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -234,6 +257,8 @@ def _members(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mriseg.robustness import VARIANTS
+
     parser = argparse.ArgumentParser(
         prog="python -m mriseg",
         description="Brain tumour (LGG FLAIR) segmentation: train, evaluate and ship the U-Net, segment files. "
@@ -260,8 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--fp32", action="store_true",
                        help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
-    train.add_argument("--augmentation", choices=("standard", "strong"), default="standard",
-                       help="strong: also gamma, blur, noise and wider rotation/scale")
+    train.add_argument("--augmentation", choices=("standard", "strong", "mri"), default="standard",
+                       help="strong: also gamma, blur, noise and wider rotation/scale; mri: strong plus bias field, "
+                            "anisotropic resampling and thinner slices (TorchIO)")
+    train.add_argument("--skull-strip", type=fraction, default=0.0,
+                       help="share of training slices shown skull-stripped (brain only); above 0 the epoch is also "
+                            "picked on skull-stripped copies of the validation patients")
     train.add_argument("--recall-weight", type=recall_weight, default=0.5,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")
@@ -304,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--subset", choices=("train", "validation"), default=None,
                           help="only the patients of this side of the split (default: every patient in --data)")
     evaluate.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    evaluate.add_argument("--variant", choices=VARIANTS, default="original",
+                          help="score copies of the patients as other sources deliver scans: skull-stripped, "
+                               "resampled (1 mm-like, thin slices), brats-like (both, z-scored brain on 0)")
     evaluate.set_defaults(handler=_evaluate)
 
     compare = commands.add_parser("compare-reports",
@@ -314,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="segment image files and write masks")
     predict.add_argument("files", nargs="+", help="PNG/JPEG/BMP/TIFF, DICOM (.dcm or .zip series), NIfTI")
-    predict.add_argument("--out", required=True, help="folder for the masks (PNG per slice, NIfTI for volumes)")
+    predict.add_argument("--out", required=True, help="folder for the masks (NIfTI in scanner space for volumes and "
+                                                    "NIfTI/DICOM input, PNG for a single image slice)")
     predict.add_argument("--threshold", type=float, default=None, help="default: the one stored with the weights")
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image")
     add_model_options(predict)

@@ -18,6 +18,7 @@ from mriseg.data import PatientCase, find_cases, site_of
 from mriseg.inference import Segmenter
 from mriseg.metrics import ReliabilityCounts, bootstrap_interval, compare, dice
 from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.robustness import make_variant
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 MIN_COMPONENT_CHOICES = (0.0, 0.0002, 0.0005, 0.001, 0.002)
@@ -31,11 +32,13 @@ class PatientPrediction:
     truth: np.ndarray  # (slices, H, W) bool
 
 
-def predict_cases(segmenter: Segmenter, cases: list[PatientCase], tta: bool = False) -> list[PatientPrediction]:
-    """Probabilities for every patient, with a progress bar."""
+def predict_cases(segmenter: Segmenter, cases: list[PatientCase], tta: bool = False,
+                  variant: str = "original") -> list[PatientPrediction]:
+    """Probabilities for every patient (as the ``variant`` copy, see :mod:`mriseg.robustness`), with a progress
+    bar."""
     predictions = []
     for case in tqdm(cases, desc="segmenting patients", unit="patient"):
-        volume, truth = case.load()
+        volume, truth = make_variant(*case.load(), variant)
         probabilities = segmenter.predict(volume, tta=tta).mean.astype(np.float16)
         predictions.append(PatientPrediction(case.name, probabilities, truth))
     return predictions
@@ -64,12 +67,14 @@ def tune_postprocessing(predictions: list[PatientPrediction], thresholds: tuple[
     """Post-processing with the best mean per-volume Dice on these (validation) patients.
 
     One setting at a time (threshold, then the 2D speck filter, then the 3D component filter, then the
-    threshold again), which needs a few dozen evaluations instead of the full grid's hundreds.
+    threshold again), which needs a few dozen evaluations instead of the full grid's hundreds. Enclosed holes are
+    filled throughout.
     """
     def score(config: PostprocessingConfig) -> float:
         return float(np.mean(list(per_volume_scores(predictions, config).values())))
 
-    best = PostprocessingConfig()
+    # Holes are always filled, not tuned: the manual masks draw an enclosed core as tumour (fill_holes).
+    best = PostprocessingConfig(fill_holes=True)
     best_score = score(best)
     searches = (("threshold", thresholds), ("min_component_fraction", min_fractions),
                 ("min_volume_fraction", volume_fractions), ("threshold", thresholds))
@@ -139,6 +144,7 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
         "threshold": postprocessing.threshold,
         "min_component_fraction": postprocessing.min_component_fraction,
         "min_volume_fraction": postprocessing.min_volume_fraction,
+        "fill_holes": postprocessing.fill_holes,
         "n_patients": len(predictions),
         "n_slices": int(sum(len(p.truth) for p in predictions)),
         "n_positive_slices": len(positive_slice_dice),
@@ -147,7 +153,7 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
 
 
 def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | None = None,
-             tta: bool = False) -> dict:
+             tta: bool = False, variant: str = "original") -> dict:
     """Evaluate ``segmenter`` on every patient folder of ``data_dir`` (or only ``patients``).
 
     Args:
@@ -155,6 +161,8 @@ def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | N
         segmenter: the model with its stored post-processing.
         patients: restrict to these patient folder names.
         tta: average with the mirrored image.
+        variant: score copies of the patients as another source would deliver them (skull-stripped, resampled,
+            BraTS-like; :mod:`mriseg.robustness`).
 
     Returns:
         The report; see :func:`summarize` for the keys.
@@ -165,9 +173,10 @@ def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | N
         cases = [case for case in cases if case.name in wanted]
         if not cases:
             raise FileNotFoundError(f"none of the requested patients are in {data_dir}")
-    predictions = predict_cases(segmenter, cases, tta=tta)
+    predictions = predict_cases(segmenter, cases, tta=tta, variant=variant)
     report = summarize(predictions, segmenter.postprocessing)
     report["tta"] = tta
+    report["variant"] = variant
     return report
 
 

@@ -67,8 +67,19 @@ def stopped_at_epoch(config: dict, training_log: str) -> int | None:
     return epochs[-1] if epochs and epochs[-1] < schedule_end else None
 
 
+def robustness_summary(report: dict) -> dict:
+    """What the model card keeps of a report on a robustness copy of the validation patients."""
+    return {"per_volume_dice_mean": report["per_volume_dice"]["mean"],
+            "per_volume_dice_median": report["per_volume_dice"]["median"],
+            "mean_ci95": report["per_volume_dice"]["mean_ci95"],
+            "precision": report["precision"], "recall": report["recall"],
+            "per_site": {site: row["mean"] for site, row in report["per_site"].items()},
+            "patients": report["patients"]}
+
+
 def export_model(model: Segmentation, config: dict, training_log: str, data_dir: str | Path, out_dir: str | Path,
-                 tta: bool = False, device: str = "auto") -> dict:
+                 tta: bool = False, device: str = "auto",
+                 robustness_variants: tuple[str, ...] = ("skull-stripped", "brats-like")) -> dict:
     """Tune post-processing on the validation patients of ``config``'s split, evaluate, write the weights folder.
 
     Args:
@@ -79,6 +90,8 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
         out_dir: the weights folder to write.
         tta: tune and evaluate with mirror test-time augmentation.
         device: "auto", "cpu" or "cuda".
+        robustness_variants: copies of the validation patients (:mod:`mriseg.robustness`) also scored with the
+            tuned post-processing, reported in ``evaluation.json`` and the model card; never used for tuning.
 
     Returns:
         The validation report (also written to ``evaluation.json``).
@@ -94,6 +107,10 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
     report = summarize(predictions, postprocessing)
     report.update(tta=tta, patients_seen_in_training=0,
                   subset="validation patients of the committed split (splits/lgg-flair.json)")
+    report["robustness"] = {
+        variant: robustness_summary(summarize(predict_cases(segmenter, cases, tta=tta, variant=variant),
+                                              postprocessing))
+        for variant in robustness_variants}
 
     extra = recipe_of(config)
     extra["tta_default"] = tta
@@ -104,6 +121,8 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
         "empty_slice_fp_rate": report["empty_slice_fp_rate"],
         "n_patients": report["n_patients"],
         "n_slices": report["n_slices"],
+        "robustness": {variant: {key: value for key, value in summary.items() if key != "patients"}
+                       for variant, summary in report["robustness"].items()},
     }
     save_bundle(out_dir, model.cpu(), segmenter.preprocessor.config, postprocessing, extra)
     (out_dir / LOG_NAME).write_text(training_log)
@@ -157,7 +176,13 @@ def model_card(config: dict, report: dict) -> str:
         folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
         reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
     strong_note = ("; stages marked *strong augmentation* also had gamma, blur and noise, rotation ±15° and scale "
-                   "0.8-1.2" if "*strong augmentation*" in stages_text else "")
+                   "0.8-1.2" if "augmentation*" in stages_text else "")
+    if "*MRI augmentation*" in stages_text:
+        strong_note += ("; stages marked *MRI augmentation* had all of that and, with TorchIO, a random bias field "
+                        "and anisotropic resampling (a thick-slice sagittal or coronal scan reformatted to axial), "
+                        "and neighbouring slices drawn closer to the slice (thinner slices)")
+    fill_note = (" holes the mask encloses on a slice filled (a dark core inside the abnormality counts as tumour, "
+                 "as in the training masks);" if post.get("fill_holes") else "")
     return f"""---
 license: cc-by-nc-sa-4.0
 library_name: pytorch
@@ -180,10 +205,14 @@ It powers the **mriseg** teaching app.
   over the head {describe_normalization(config['preprocessing'])}, padded to a square and resized to
   {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to
   the original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
-  (8-bit PNG, 16-bit DICOM, float NIfTI) gives the same input.
-- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**; 2D connected components
-  smaller than {post['min_component_fraction']:.2%} of the slice removed and, in volumes, 3D components smaller
-  than {post['min_volume_fraction']:.0%} of the largest one removed (all three tuned on the validation patients).
+  (8-bit PNG, 16-bit DICOM, float NIfTI, a skull-stripped scan z-scored around a 0 background) gives the same
+  input.
+- Expected input: axial brain FLAIR, with or without the skull (DICOM and NIfTI volumes in other orientations are
+  turned to axial first); other sequences, other body parts and colour images are outside what it knows.
+- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**;{fill_note} 2D connected
+  components smaller than {post['min_component_fraction']:.2%} of the slice removed and, in volumes, 3D components
+  smaller than {post['min_volume_fraction']:.0%} of the largest one removed (all three tuned on the validation
+  patients).
 
 ## Training
 - Data: LGG Segmentation Dataset (Kaggle `mateuszbuda/lgg-mri-segmentation`, TCGA-LGG via The Cancer Imaging
@@ -217,6 +246,7 @@ Per-volume Dice is the headline: all slices of a patient stacked, one Dice per p
 | HD95 (pixels, mean over patients with a prediction) | {optional(report['hd95_px'], '.1f')} |
 
 By scanner site (per-volume Dice mean): {site_text(report)}.
+{robustness_section(report)}
 {calibration_note(report)}
 The interval is a bootstrap over the {report['n_patients']} patients: where the mean could land on another draw of
 as many patients. With this few, a difference of 0.01 between two models' means says little on its own;
@@ -227,7 +257,9 @@ results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`
 
 ## Limitations
 - FLAIR only, axial 2D slices; trained on 5 scanner sites of one public collection (TCGA-LGG). Other sites,
-  sequences, pathologies or children were never seen.
+  sequences, pathologies or children were never seen. The robustness copies above are made from the same
+  patients; real scans from elsewhere (other scanners, high-grade glioma with necrosis and enhancement) can do
+  worse.
 - Small lesions (a few hundred pixels) are segmented less reliably than large ones; slices at the top and
   bottom of the head produce most false positives.
 
@@ -237,6 +269,34 @@ results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`
 python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 ```
 """
+
+
+ROBUSTNESS_LABELS = {
+    "skull-stripped": "skull-stripped copies (brain only, `mriseg.brain_extraction`)",
+    "resampled": "resampled copies (1 mm-like pixels, three times as many slices)",
+    "brats-like": "BraTS-like copies (stripped, resampled, brain z-scored on a 0 background)",
+}
+
+
+def robustness_section(report: dict) -> str:
+    """The card's table of per-volume Dice on robustness copies of the validation patients, if scored."""
+    variants = report.get("robustness") or {}
+    if not variants:
+        return ""
+    dice = report["per_volume_dice"]
+    hardest = report["per_site"].get("DU", {}).get("mean", 0.0)
+    rows = [f"| original (skull on, as in training) | {dice['mean']:.3f} ({interval_text(report)}) | "
+            f"{report['precision']:.3f} / {report['recall']:.3f} | {hardest:.3f} |"]
+    for variant, summary in variants.items():
+        low, high = summary["mean_ci95"]
+        rows.append(f"| {ROBUSTNESS_LABELS.get(variant, variant)} | {summary['per_volume_dice_mean']:.3f} "
+                    f"({low:.3f}-{high:.3f}) | {summary['precision']:.3f} / {summary['recall']:.3f} | "
+                    f"{summary['per_site'].get('DU', 0):.3f} |")
+    return ("\n### The same validation patients as other sources deliver scans\n"
+            "Copies made by `python -m mriseg evaluate --variant ...` (`mriseg/robustness.py`), scored with the same "
+            "post-processing (never tuned on them):\n\n"
+            "| copy | per-volume Dice mean (95% interval) | precision / recall | DU site (hardest) |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def calibration_note(report: dict) -> str:
@@ -338,7 +398,10 @@ def describe_stages(stages: list[dict]) -> str:
                     "statistics measured again on training slices)")
         else:
             kept = f"best epoch {stage.get('best_epoch')}"
-        recipe = ", *strong augmentation*" if training.get("augmentation") == "strong" else ""
+        recipe = {"strong": ", *strong augmentation*", "mri": ", *MRI augmentation*"}.get(
+            training.get("augmentation"), "")
+        if training.get("skull_strip"):
+            recipe += f", {training['skull_strip']:.0%} of the slices shown skull-stripped"
         recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
         if recall != 0.5:
             recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
@@ -366,7 +429,8 @@ def train_options(stage: dict, model: dict) -> str:
         ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0),
         # runs from before the strong recipe existed record no augmentation
         ("augmentation", training.get("augmentation", "standard"), "standard"),
-        ("recall-weight", training.get("recall_weight", 0.5), 0.5)) if value != default]
+        ("recall-weight", training.get("recall_weight", 0.5), 0.5),
+        ("skull-strip", training.get("skull_strip", 0.0), 0.0)) if value != default]
     if training.get("dice_per_slice"):
         options.append("--dice-per-slice")
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision

@@ -2,22 +2,30 @@
 
 Supported: PNG, JPEG, BMP, TIFF (8/16 bit, gray or colour, multi-page TIFF as a stack; a 3-channel TIFF in the
 Kaggle LGG layout stacks pre-contrast, FLAIR, post-contrast, so channel 1 is taken), DICOM (single file,
-multi-frame, or a .zip of a series) and NIfTI (.nii, .nii.gz). Every problem raises :class:`InputError`.
+multi-frame, or a .zip of a series) and NIfTI (.nii, .nii.gz). NIfTI and DICOM are placed in scanner space and
+turned to axial slices (the model's view); :mod:`mriseg.dicom` reads DICOM geometry. Every problem raises
+:class:`InputError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from mriseg.errors import InputError
+
+if TYPE_CHECKING:
+    from nibabel import Nifti1Image
+    from pydicom.dataset import Dataset
 
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
@@ -28,6 +36,13 @@ SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS +
 MIN_SIDE = 32
 MAX_SIDE = 4096
 MAX_VOXELS = 512 * 512 * 256
+# A brain volume has a few hundred slices; thousands of small ones tie the server up for minutes.
+MAX_SLICES = 1000
+# Slices tilted up to this far from the nearest scanner axis are segmented as acquired: clinical axial FLAIR is often
+# angled 15-25° along the AC-PC line, and the training slices were too. Nearer 45° the slice plane is not one of
+# axial, sagittal or coronal any more, and only resampling could give axial slices.
+MAX_TILT_DEGREES = 30
+PLANES = ("sagittal", "coronal", "axial")  # slices across the x (left-right), y, z (foot-head) world axis
 MAX_UNCOMPRESSED_BYTES = 1 << 30
 
 
@@ -39,8 +54,8 @@ class Volume:
         pixels: (slices, H, W) float32 intensities, axial slices in head order.
         spacing: (row mm, column mm, slice mm) when the format records it, else None.
         source: what the file was: format, file name, bit depth, channel taken, slice count.
-        affine: for NIfTI input, the RAS+ voxel-to-world affine of the canonical array, so a mask written back
-            lands where the image is.
+        affine: for NIfTI and DICOM input, the RAS+ voxel-to-world affine of the canonical array, so a mask written
+            back lands where the image is in scanner space.
     """
 
     pixels: np.ndarray
@@ -84,7 +99,10 @@ def file_kind(filename: str) -> str:
 
 
 def _check_shape(filename: str, shape: tuple[int, ...]) -> None:
+    """Refuse a (slices, H, W) shape mriseg cannot segment in reasonable time or at all."""
     height, width = shape[-2], shape[-1]
+    if shape[0] > MAX_SLICES:
+        raise InputError(f"{filename}: {shape[0]:,} slices; mriseg segments at most {MAX_SLICES:,} slices in one file")
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{filename}: image is {height}x{width} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
     if max(height, width) > MAX_SIDE or int(np.prod(shape)) > MAX_VOXELS:
@@ -108,7 +126,10 @@ def _read_raster(data: bytes, filename: str) -> Volume:
     try:
         with Image.open(io.BytesIO(data)) as image:
             # The header gives the size before anything is decoded: the decompression-bomb guard.
-            n_frames = getattr(image, "n_frames", 1)
+            n_frames = _page_count(image)
+            if n_frames > MAX_SLICES:
+                raise InputError(f"{filename}: more than {MAX_SLICES:,} pages; mriseg segments at most "
+                                 f"{MAX_SLICES:,} slices in one file")
             _check_shape(filename, (n_frames, image.height, image.width))
             image_format = image.format
     except UnidentifiedImageError as error:
@@ -148,6 +169,17 @@ def _read_raster(data: bytes, filename: str) -> Volume:
     )
 
 
+def _page_count(image: Image.Image) -> int:
+    """Pages of a multi-page image, counted up to ``MAX_SLICES + 1`` only: walking every page of a huge TIFF is slow."""
+    pages = 1
+    # Page by page: Pillow's count after a seek past the end is the frame asked for, not the pages there are.
+    with contextlib.suppress(EOFError):
+        while pages <= MAX_SLICES:
+            image.seek(pages)
+            pages += 1
+    return pages
+
+
 def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
     """Fallback decoder (formats or modes OpenCV refuses); a failure here means the file is broken."""
     try:
@@ -158,57 +190,11 @@ def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
         raise InputError(f"{filename}: the image is corrupt or truncated and cannot be decoded") from error
 
 
-def _dicom_spacing(dataset) -> tuple[float, float] | None:
-    spacing = getattr(dataset, "PixelSpacing", None) or getattr(dataset, "ImagerPixelSpacing", None)
-    if spacing is None or len(spacing) < 2:
-        return None
-    return float(spacing[0]), float(spacing[1])
-
-
-def _dicom_pixels(dataset, filename: str) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for missing or undecodable pixel data
-        raise InputError(f"{filename}: DICOM file has no readable pixel data ({error})") from error
-    pixels = apply_modality_lut(pixels, dataset)
-    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
-        pixels = apply_voi_lut(pixels, dataset)
-    pixels = np.asarray(pixels, dtype=np.float32)
-    if getattr(dataset, "SamplesPerPixel", 1) == 3:
-        pixels = pixels.mean(axis=-1)
-    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    return pixels
-
-
-def _parse_dicom(data: bytes, filename: str):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError as error:
-        raise InputError(f"{filename}: not a DICOM file (no DICOM header found)") from error
-    except Exception as error:
-        raise InputError(f"{filename}: the DICOM file is corrupt or truncated ({error})") from error
-
-
 def _read_dicom(data: bytes, filename: str) -> Volume:
-    dataset = _parse_dicom(data, filename)
-    if "PixelData" not in dataset:
-        raise InputError(f"{filename}: DICOM file holds no image (no PixelData)")
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-    _check_shape(filename, (frames, int(dataset.Rows), int(dataset.Columns)))
-    pixels = _dicom_pixels(dataset, filename)
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    in_plane = _dicom_spacing(dataset)
-    thickness = float(getattr(dataset, "SpacingBetweenSlices", None) or getattr(dataset, "SliceThickness", 0) or 1.0)
-    spacing = None if in_plane is None else (*in_plane, thickness)
-    return Volume(pixels, spacing, {"format": "DICOM", "bits": int(getattr(dataset, "BitsAllocated", 16)),
-                                    "frames": frames})
+    from mriseg import dicom
+
+    dataset = dicom.parse(data, filename)
+    return _dicom_volume([(data, dataset)], filename, "DICOM")
 
 
 def _safe_member(name: str) -> bool:
@@ -217,6 +203,8 @@ def _safe_member(name: str) -> bool:
 
 
 def _read_dicom_zip(data: bytes, filename: str) -> Volume:
+    from mriseg import dicom
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as error:
@@ -228,44 +216,32 @@ def _read_dicom_zip(data: bytes, filename: str) -> Volume:
             raise InputError(f"{filename}: the zip has paths outside the archive ({unsafe[0]}); refusing it")
         if sum(info.file_size for info in members) > MAX_UNCOMPRESSED_BYTES:
             raise InputError(f"{filename}: the zip unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
-        slices = []
+        images = []
         for info in members:
+            content = archive.read(info)
             try:
-                dataset = _parse_dicom(archive.read(info), info.filename)
+                dataset = dicom.parse(content, info.filename)
             except InputError:
                 continue  # READMEs, thumbnails and DICOMDIR-like files sit beside series in real exports
             if "PixelData" in dataset:
-                slices.append(dataset)
-    if not slices:
+                images.append((content, dataset))
+    if not images:
         raise InputError(f"{filename}: the zip contains no DICOM image files")
-    shapes = {(int(s.Rows), int(s.Columns)) for s in slices}
-    if len(shapes) > 1:
-        raise InputError(f"{filename}: the DICOM files in the zip differ in size {sorted(shapes)}; zip one series")
-    _check_shape(filename, (len(slices), *shapes.pop()))
-    positions = _slice_positions(slices)
-    order = np.argsort(positions, kind="stable")
-    ordered = [slices[i] for i in order]
-    pixels = np.stack([_dicom_pixels(s, filename).reshape(int(s.Rows), int(s.Columns)) for s in ordered])
-    in_plane = _dicom_spacing(ordered[0])
-    sorted_positions = np.asarray(positions)[order]
-    steps = np.diff(sorted_positions)
-    if len(steps) and np.all(steps > 0) and "ImagePositionPatient" in ordered[0]:
-        thickness = float(np.median(steps))
-    else:
-        thickness = float(getattr(ordered[0], "SliceThickness", 0) or 1.0)
-    spacing = None if in_plane is None else (*in_plane, thickness)
-    return Volume(pixels, spacing, {"format": "DICOM series (zip)", "frames": len(ordered),
-                                    "bits": int(getattr(ordered[0], "BitsAllocated", 16))})
+    return _dicom_volume(images, filename, "DICOM series (zip)")
 
 
-def _slice_positions(slices) -> list[float]:
-    """Position of each slice along the slice normal, or the instance number when positions are missing."""
-    first = slices[0]
-    if all("ImagePositionPatient" in s for s in slices) and "ImageOrientationPatient" in first:
-        orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        return [float(np.dot(normal, np.asarray(s.ImagePositionPatient, dtype=float))) for s in slices]
-    return [float(getattr(s, "InstanceNumber", index) or index) for index, s in enumerate(slices)]
+def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str) -> Volume:
+    """The DICOM files of one scan (content, parsed header) as axial slices with their scanner-space affine."""
+    from mriseg import dicom
+
+    datasets = [dataset for _, dataset in images]
+    _check_shape(filename, dicom.series_shape(datasets, filename))  # before any pixel is decoded
+    image = dicom.scanner_image(images, filename)
+    volume = _axial_volume(image, filename, {"format": kind, "bits": int(datasets[0].get("BitsAllocated", 16)),
+                                             "frames": sum(dicom.frame_count(dataset) for dataset in datasets)})
+    if not dicom.records_pixel_spacing(datasets[0]):
+        volume.spacing = None  # the geometry's 1 mm stands in for an unknown size: sizes stay in pixels
+    return volume
 
 
 def _ras_to_slices(array: np.ndarray) -> np.ndarray:
@@ -277,6 +253,45 @@ def _ras_to_slices(array: np.ndarray) -> np.ndarray:
 def _slices_to_ras(slices: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_ras_to_slices`."""
     return np.ascontiguousarray(np.transpose(slices[:, ::-1, ::-1], (2, 1, 0)))
+
+
+def _axial_volume(image: Nifti1Image, filename: str, source: dict) -> Volume:
+    """A nibabel image in scanner space as axial slices, turned to the nearest RAS+ axes without resampling.
+
+    NIfTI and DICOM both come through here, so one scan stored either way gives the same slices.
+    """
+    import nibabel as nib
+
+    orientation = nib.io_orientation(image.affine)  # per voxel axis: (nearest world axis, flipped)
+    if np.isnan(orientation).any():
+        raise InputError(f"{filename}: the voxel-to-world geometry is degenerate (an axis of zero length, or "
+                         "slices at one position); the scan cannot be placed in space")
+    tilt = float(np.degrees(nib.affines.obliquity(image.affine)).max())
+    if tilt > MAX_TILT_DEGREES:
+        raise InputError(f"{filename}: the slices are tilted {tilt:.0f}° from the nearest scanner axis; mriseg turns "
+                         f"scans to axial only when they lie within {MAX_TILT_DEGREES}° of an axis. Reslice the "
+                         "scan to axial first")
+    plane = PLANES[int(orientation[2, 0])]
+    ras_shape = [0, 0, 0]
+    for axis, (world_axis, _) in enumerate(orientation):
+        ras_shape[int(world_axis)] = image.shape[axis]
+    slices_shape = (ras_shape[2], ras_shape[1], ras_shape[0])
+    if plane != "axial" and min(slices_shape[1:]) < MIN_SIDE:
+        raise InputError(
+            f"{filename}: the scan holds {image.shape[2]} {plane} slice(s); mriseg segments axial slices, and "
+            f"turned to axial these are {slices_shape[1]}x{slices_shape[2]} pixels, under the {MIN_SIDE}x{MIN_SIDE} "
+            "needed. Give an axial scan, or the whole volume"
+        )
+    _check_shape(filename, slices_shape)
+    try:
+        canonical = nib.as_closest_canonical(image)
+        array = np.asarray(canonical.dataobj, dtype=np.float32)
+    except Exception as error:
+        raise InputError(f"{filename}: the image data are truncated or unreadable ({error})") from error
+    # From the float64 affine: the header's float32 zooms would turn a DICOM's 0.7 mm into 0.699999988 mm.
+    voxel = nib.affines.voxel_sizes(canonical.affine)
+    spacing = (float(voxel[1]), float(voxel[0]), float(voxel[2]))
+    return Volume(_ras_to_slices(array), spacing, {**source, "plane": plane}, canonical.affine)
 
 
 def _read_nifti(data: bytes, filename: str) -> Volume:
@@ -297,6 +312,12 @@ def _read_nifti(data: bytes, filename: str) -> Volume:
             image = nib.Nifti2Image.from_bytes(data)
         except Exception as error:
             raise InputError(f"{filename}: not a NIfTI file, or a corrupt or truncated one") from error
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "c":
+        raise InputError(
+            f"{filename}: the NIfTI data type is {image.header.get_value_label('datatype')} ({dtype}), not one "
+            "grey-scale intensity per voxel; save the scan with a scalar type such as int16 or float32"
+        )
     shape = image.shape
     if len(shape) > 3 and any(n > 1 for n in shape[3:]):
         raise InputError(
@@ -308,16 +329,7 @@ def _read_nifti(data: bytes, filename: str) -> Volume:
     image = nib.funcs.squeeze_image(image) if len(shape) > 3 else image
     if len(image.shape) == 2:
         image = nib.Nifti1Image(np.asarray(image.dataobj)[..., None], image.affine, image.header)
-    _check_shape(filename, (image.shape[2], image.shape[1], image.shape[0]))
-    try:
-        canonical = nib.as_closest_canonical(image)
-        array = np.asarray(canonical.dataobj, dtype=np.float32)
-    except Exception as error:
-        raise InputError(f"{filename}: the NIfTI image data are truncated or unreadable ({error})") from error
-    pixels = _ras_to_slices(array)
-    zooms = canonical.header.get_zooms()[:3]
-    spacing = (float(zooms[1]), float(zooms[0]), float(zooms[2]))
-    return Volume(pixels, spacing, {"format": "NIfTI", "dtype": str(image.get_data_dtype())}, canonical.affine)
+    return _axial_volume(image, filename, {"format": "NIfTI", "dtype": str(dtype)})
 
 
 READERS = {"raster": _read_raster, "dicom": _read_dicom, "zip": _read_dicom_zip, "nifti": _read_nifti}

@@ -16,8 +16,9 @@ def tumour_size(mask: np.ndarray, volume: Volume) -> dict:
 
     Returns:
         ``pixels`` (all slices), ``slice_pixels`` (list), ``largest_slice`` (index, None without tumour),
-        ``area_mm2`` (all slices, None without spacing), ``volume_ml`` (None when the spacing is unknown or
-        there is a single slice).
+        ``area_mm2`` (a single slice's area; None for a volume, whose size is its ``volume_ml``, or without
+        spacing: areas of different slices do not add up to anything), ``volume_ml`` (None when the spacing is
+        unknown or there is a single slice).
     """
     mask = np.asarray(mask, dtype=bool)
     slice_pixels = mask.reshape(len(mask), -1).sum(axis=1).astype(int).tolist()
@@ -28,6 +29,6 @@ def tumour_size(mask: np.ndarray, volume: Volume) -> dict:
         "pixels": total,
         "slice_pixels": slice_pixels,
         "largest_slice": int(np.argmax(slice_pixels)) if total else None,
-        "area_mm2": None if pixel_area is None else total * pixel_area,
+        "area_mm2": None if pixel_area is None or len(mask) > 1 else total * pixel_area,
         "volume_ml": None if voxel_ml is None or len(mask) < 2 else total * voxel_ml,
     }

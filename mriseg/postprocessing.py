@@ -1,4 +1,5 @@
-"""From probabilities to a mask: threshold, then drop connected components too small to be tumour.
+"""From probabilities to a mask: threshold, fill enclosed cores, then drop connected components too small to be
+tumour.
 
 Two filters, both tuned on validation patients: 2D specks smaller than a fraction of the slice, and, in
 volumes, 3D components much smaller than the largest one (a lower-grade glioma is usually one mass; the
@@ -23,11 +24,15 @@ class PostprocessingConfig(DictConfig):
             removed (specks that are almost always false positives); 0 keeps everything.
         min_volume_fraction: in a volume (several slices), 3D connected components smaller than this fraction
             of the largest one are removed; 0 keeps everything.
+        fill_holes: fill what the mask encloses on each slice. The manual masks of the training set draw a dark
+            core (a cyst, necrosis) surrounded by FLAIR abnormality as tumour, and so does the whole-tumour
+            outline of the BraTS challenge; the network, reading intensities, tends to leave such a core out.
     """
 
     threshold: float = 0.5
     min_component_fraction: float = 0.0
     min_volume_fraction: float = 0.0
+    fill_holes: bool = False
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -61,11 +66,30 @@ def keep_main_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
     return np.isin(labels, keep)
 
 
+def fill_enclosed(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of each 2D slice of a mask.
+
+    Example:
+        >>> ring = np.zeros((7, 7), bool); ring[1:6, 1:6] = True; ring[3, 3] = False
+        >>> bool(fill_enclosed(ring)[3, 3])
+        True
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    planes = mask.reshape(-1, *mask.shape[-2:])
+    return np.stack([ndimage.binary_fill_holes(plane) if plane.any() else plane for plane in planes]).reshape(
+        mask.shape)
+
+
 def binarize(probabilities: np.ndarray, config: PostprocessingConfig = PostprocessingConfig(),
              threshold: float | None = None) -> np.ndarray:
-    """Threshold probabilities (``threshold`` overrides the configured one) and remove small components."""
+    """Threshold probabilities (``threshold`` overrides the configured one), fill enclosed holes where configured
+    and remove small components."""
     threshold = config.threshold if threshold is None else threshold
     mask = np.asarray(probabilities) >= threshold
+    if config.fill_holes:
+        mask = fill_enclosed(mask)
     slice_area = mask.shape[-1] * mask.shape[-2]
     mask = remove_small_components(mask, int(round(config.min_component_fraction * slice_area)))
     return keep_main_components(mask, config.min_volume_fraction)

@@ -2,9 +2,9 @@
 
 Every parameter lives in :class:`PreprocessingConfig`, which is stored in ``weights/config.json`` beside the
 weights, so inference cannot drift from training: whatever intensity scale a file arrives in (8-bit PNG,
-16-bit DICOM, float NIfTI), each slice is clipped to robust percentiles of the head and z-scored over the head
-(its own, or the head in the whole volume), padded to a square and resized to the model grid. Probabilities are
-mapped back to the original size.
+16-bit DICOM, float NIfTI, a skull-stripped scan z-scored around a 0 background), each slice is clipped to robust
+percentiles of the head and z-scored over the head (its own, or the head in the whole volume), padded to a square
+and resized to the model grid. Probabilities are mapped back to the original size.
 """
 
 from __future__ import annotations
@@ -66,6 +66,61 @@ class PreprocessingConfig(DictConfig):
     def input_channels(self) -> int:
         """Channels of the model input: the slice and its neighbours, once per normalisation."""
         return len(self.normalizations) * self.channels_per_normalization
+
+
+def masked_background(image: np.ndarray, min_share: float = 0.05) -> float | None:
+    """The constant value outside the brain of a skull-stripped (masked) slice whose background is not its darkest
+    level, or None.
+
+    Stripped volumes set everything outside the brain to one value, often 0 after z-scoring, with brain tissue on
+    both sides of it. Such a slice is recognised by one exact value along most of its border that fills a solid
+    region of at least ``min_share`` of it, with many darker pixels. A skull-on slice's background is its darkest
+    level, or noise scattered around a level, and gives None.
+
+    Example:
+        >>> zscored = np.zeros((64, 64), np.float32)
+        >>> zscored[16:48, 16:48] = np.random.default_rng(0).normal(0, 1, (32, 32))
+        >>> masked_background(zscored)
+        0.0
+        >>> masked_background(np.where(zscored != 0, zscored + 10, 0)) is None  # background darkest: ordinary
+        True
+    """
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    values, counts = np.unique(border, return_counts=True)
+    fill_value = values[counts.argmax()]
+    if counts.max() < 0.5 * border.size or fill_value <= image.min():
+        return None
+    fill = image == fill_value
+    darker = int((image < fill_value).sum())
+    # Brain tissue z-scored around the fill value lies on both sides of it: many pixels darker than the fill.
+    if fill.sum() < min_share * image.size or darker < 0.25 * (image.size - fill.sum()):
+        return None
+    # A mask fills a solid region with its value; in a noisy background that value is scattered.
+    solid = fill[1:-1, 1:-1] & fill[:-2, 1:-1] & fill[2:, 1:-1] & fill[1:-1, :-2] & fill[1:-1, 2:]
+    return float(fill_value) if solid.sum() >= 0.8 * fill.sum() else None
+
+
+def darken_masked_background(volume: np.ndarray) -> np.ndarray:
+    """(S, H, W) slices with a masked background (see :func:`masked_background`) set to the volume's darkest
+    level outside the brain, as in a stripped scan stored with a dark background; other volumes unchanged.
+
+    Without this, the background of a z-scored stripped scan (0, the brain's mean) would look mid-grey to the model
+    and be counted as head. The fill value is found on the slices that show it clearly and then taken from every
+    slice whose border it fills (a slice through the top of a tumour may hold few darker pixels).
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    fills = [fill for fill in (masked_background(image) for image in volume) if fill is not None]
+    if not fills:
+        return volume
+    values, counts = np.unique(fills, return_counts=True)
+    fill = values[counts.argmax()]
+    darkest = float(volume.min())
+    darkened = volume.copy()
+    for image in darkened:
+        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+        if (border == fill).mean() >= 0.5:
+            image[image == fill] = darkest
+    return darkened
 
 
 def find_head(image: np.ndarray, head_fraction: float = 0.1) -> np.ndarray | None:
@@ -218,7 +273,7 @@ class Preprocessor:
 
     def volume_to_grids(self, volume: np.ndarray) -> list[np.ndarray]:
         """(S, H, W) slices -> one (S, G, G) normalised grid stack per configured normalisation."""
-        volume = np.asarray(volume, dtype=np.float32)
+        volume = darken_masked_background(volume)
         heads = self.normalize.heads(volume)
         grids = []
         for over in self.config.normalizations:

@@ -24,6 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from mriseg.brain_extraction import strip_skull
 from mriseg.bundle import kept_epoch, load_model, save_bundle
 from mriseg.data import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, native_bf16, resolve_device
@@ -54,15 +55,20 @@ class TrainConfig:
         seed: seeds Python, NumPy and torch, and each epoch's sampling.
         bf16: mixed precision (bfloat16 autocast) where the device runs it fast: always on CUDA, and on CPUs
             with native bfloat16 instructions (about twice as fast there as float32).
-        augmentation: "standard" (mirror, rotation ±10°, scale ±10 %, contrast/brightness jitter) or "strong"
-            (also gamma, blur and noise, rotation ±15°, scale ±20 %): scanners differ in contrast, sharpness
-            and noise far more than 72 training patients show.
+        augmentation: "standard" (mirror, rotation ±10°, scale ±10 %, contrast/brightness jitter), "strong"
+            (also gamma, blur and noise, rotation ±15°, scale ±20 %: scanners differ in contrast, sharpness
+            and noise far more than 72 training patients show) or "mri" ("strong" plus bias field, anisotropic
+            resampling and thinner slices, see :func:`training_augmentation`).
         recall_weight: how much the overlap term of the loss penalises missed tumour against false alarms (the
             Tversky index); 0.5 weighs both alike and is the soft Dice, above 0.5 favours recall (faint tumour
             edges are the commonest misses here), below favours precision.
         dice_per_slice: take the overlap term on each slice that has tumour and average, instead of over the
             whole batch: pooled, large tumours outweigh the small ones at a lesion's top and bottom slices, which
             are where the misses are (per-volume Dice counts a small lesion as much as a large one).
+        skull_strip: share of the sampled training slices shown skull-stripped (brain only, made by
+            :mod:`mriseg.brain_extraction`), so the model stops reading a bright rim at the head's edge as scalp.
+            Above 0, the validation that picks the epoch scores skull-stripped copies of the validation patients
+            beside the originals, and the logged validation Dice is the mean over both.
     """
 
     epochs: int = 40
@@ -77,6 +83,7 @@ class TrainConfig:
     augmentation: str = "standard"
     recall_weight: float = 0.5
     dice_per_slice: bool = False
+    skull_strip: float = 0.0
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -107,22 +114,29 @@ class IntensityJitter(v2.Transform):
 class ContextJitter(v2.Transform):
     """For 2.5D input (the slice and its neighbours as channels): reverse the neighbours' order half the time,
     since volumes arrive top-down or bottom-up, and with probability ``lone`` show the slice alone (its own
-    neighbours), as a single uploaded 2D image reaches the model. Masks pass through untouched.
+    neighbours), as a single uploaded 2D image reaches the model. With probability ``thin`` the neighbours move part
+    of the way towards the slice itself, as they look in a volume of thinner slices than the training set's (1 mm
+    research volumes against its several millimetres). Masks pass through untouched.
     """
 
-    def __init__(self, lone: float = 0.1) -> None:
+    def __init__(self, lone: float = 0.1, thin: float = 0.0) -> None:
         super().__init__()
         self.lone = lone
+        self.thin = thin
 
     def make_params(self, flat_inputs: list) -> dict:
-        return {"reverse": random.random() < 0.5, "lone": random.random() < self.lone}
+        return {"reverse": random.random() < 0.5, "lone": random.random() < self.lone,
+                "thin": random.uniform(0.1, 0.9) if random.random() < self.thin else None}
 
     def transform(self, inpt, params: dict):
         if isinstance(inpt, tv_tensors.Mask) or inpt.shape[-3] == 1:
             return inpt
+        centre = inpt.shape[-3] // 2
+        middle = inpt[..., centre : centre + 1, :, :]
         if params["lone"]:
-            centre = inpt.shape[-3] // 2
-            return tv_tensors.wrap(inpt[..., centre : centre + 1, :, :].expand_as(inpt).clone(), like=inpt)
+            return tv_tensors.wrap(middle.expand_as(inpt).clone(), like=inpt)
+        if params["thin"] is not None:
+            inpt = tv_tensors.wrap(middle + params["thin"] * (inpt - middle), like=inpt)
         return tv_tensors.wrap(inpt.flip(-3), like=inpt) if params["reverse"] else inpt
 
 
@@ -147,12 +161,40 @@ class RandomGamma(v2.Transform):
         return tv_tensors.wrap(low + span * ((inpt - low) / span) ** params["gamma"], like=inpt)
 
 
-AUGMENTATIONS = ("standard", "strong")
+class MRIArtefacts(v2.Transform):
+    """TorchIO's MRI-specific augmentations on the image (masks pass through untouched): a smooth bias field
+    (coil inhomogeneity: one side of the head brighter than the other) and anisotropic resampling (a volume
+    acquired in thick sagittal or coronal slices and reformatted to axial is blurred along one in-plane axis).
+
+    Expects the background at 0 (:class:`SliceDataset` shifts it there), so the multiplicative field leaves the
+    background dark.
+    """
+
+    def __init__(self, bias_field: float = 0.3, anisotropy: float = 0.2) -> None:
+        super().__init__()
+        import torchio
+
+        self.artefacts = torchio.Compose([
+            torchio.RandomBiasField(coefficients=0.4, order=3, p=bias_field),
+            torchio.RandomAnisotropy(axes=(0, 1), downsampling=(1.5, 4.0), p=anisotropy),
+        ])
+
+    def transform(self, inpt, params: dict):
+        if isinstance(inpt, tv_tensors.Mask):
+            return inpt
+        import torchio
+
+        volume = torchio.ScalarImage(tensor=inpt.as_subclass(torch.Tensor).float()[..., None])
+        return tv_tensors.wrap(self.artefacts(volume).data[..., 0].to(inpt.dtype), like=inpt)
+
+
+AUGMENTATIONS = ("standard", "strong", "mri")
 
 
 def training_augmentation(strength: str = "standard") -> v2.Compose:
     """Joint image + mask augmentation: neighbour order (2.5D), mirror, rotation/scale/shift, intensity; "strong"
-    widens the geometry and adds gamma, blur and noise (image only)."""
+    widens the geometry and adds gamma, blur and noise (image only); "mri" is "strong" plus scanner differences
+    the LGG set lacks: TorchIO's bias field and anisotropic resampling, and thinner slices between neighbours."""
     if strength not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {strength!r}")
     if strength == "standard":
@@ -162,10 +204,12 @@ def training_augmentation(strength: str = "standard") -> v2.Compose:
             v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.9, 1.1)),
             IntensityJitter(),
         ])
+    mri = strength == "mri"
     return v2.Compose([
-        ContextJitter(),
+        ContextJitter(thin=0.25 if mri else 0.0),
         v2.RandomHorizontalFlip(),
         v2.RandomAffine(degrees=15, translate=(0.08, 0.08), scale=(0.8, 1.2)),
+        *([MRIArtefacts()] if mri else []),
         RandomGamma(),
         v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.3, 1.0))], p=0.2),
         IntensityJitter(scale=(0.75, 1.3), shift=(-0.25, 0.25)),
@@ -177,19 +221,24 @@ class SliceDataset(Dataset):
     """Preprocessed model inputs ((N, C, G, G), or (N, G, G) for one channel) and soft masks, augmented on access.
 
     The image is shifted so its background sits at 0 during the geometric transform, so the corners a
-    rotation uncovers get background intensity rather than a mid-grey.
+    rotation uncovers get background intensity rather than a mid-grey. ``stripped`` holds skull-stripped inputs of
+    the same slices, drawn instead of the originals with probability ``strip_probability``.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: v2.Transform | None = None) -> None:
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: v2.Transform | None = None,
+                 stripped: np.ndarray | None = None, strip_probability: float = 0.0) -> None:
         self.images = torch.from_numpy(images)
         self.masks = torch.from_numpy(masks)
         self.augment = augment
+        self.stripped = None if stripped is None else torch.from_numpy(stripped)
+        self.strip_probability = strip_probability
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
+        use_stripped = self.stripped is not None and random.random() < self.strip_probability
+        image = (self.stripped if use_stripped else self.images)[index]
         image = image[None] if image.ndim == 2 else image
         mask = self.masks[index][None]
         if self.augment is not None:
@@ -231,13 +280,27 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: flo
     return bce + (1 - overlap).mean()
 
 
-def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str) -> tuple[np.ndarray, np.ndarray]:
+def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str,
+                   skull_stripped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and grid masks of every slice of ``cases`` (of their skull-stripped copies with
+    ``skull_stripped``; a slice the brain extraction cannot strip keeps its skull)."""
     images, masks = [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
+        if skull_stripped:
+            volume, _ = strip_skull(volume, mask)
         images.append(preprocessor.volume_to_input(volume))
         masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
     return np.concatenate(images), np.concatenate(masks)
+
+
+def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, volume, mask) of each validation patient, followed, with ``skull_stripped``, by a stripped copy of
+    each (named ``<patient> (skull-stripped)``)."""
+    loaded = [(case.name, *case.load()) for case in cases]
+    if skull_stripped:
+        loaded += [(f"{name} (skull-stripped)", strip_skull(volume, mask)[0], mask) for name, volume, mask in loaded]
+    return loaded
 
 
 def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
@@ -389,8 +452,11 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
 
     preprocessor = Preprocessor(config.preprocessing)
     images, masks = prepare_slices(train_cases, preprocessor, "preparing training slices")
-    validation = [(case.name, *case.load()) for case in validation_cases]
-    dataset = SliceDataset(images, masks, training_augmentation(config.augmentation))
+    stripped = None
+    if config.skull_strip > 0:
+        stripped, _ = prepare_slices(train_cases, preprocessor, "skull-stripping training slices", skull_stripped=True)
+    validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
+    dataset = SliceDataset(images, masks, training_augmentation(config.augmentation), stripped, config.skull_strip)
     weights = sampling_weights(masks, config.positive_fraction)
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
 

@@ -53,8 +53,10 @@ def kaggle_folder(tmp_path, slice_samples) -> Path:
 
 def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, spacing=(0.5, 0.5),
                position: tuple[float, float, float] | None = None, instance: int = 1, frames: bool = False,
-               window: tuple[float, float] | None = None) -> bytes:
-    """A real DICOM file (MR, 16-bit unsigned) written with pydicom."""
+               window: tuple[float, float] | None = None,
+               orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), series: str | None = None) -> bytes:
+    """A real DICOM file (MR, 16-bit unsigned) written with pydicom; ``orientation`` (ImageOrientationPatient) is
+    written with ``position``, and ``spacing=None`` leaves PixelSpacing out."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -80,14 +82,17 @@ def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0
     ds.PixelRepresentation = 0
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
-    ds.PixelSpacing = list(spacing)
+    if spacing is not None:
+        ds.PixelSpacing = list(spacing)
     ds.SliceThickness = 5.0
     ds.InstanceNumber = instance
+    if series is not None:
+        ds.SeriesInstanceUID = series
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if position is not None:
         ds.ImagePositionPatient = list(position)
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageOrientationPatient = [float(value) for value in orientation]
     ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

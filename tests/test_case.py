@@ -70,3 +70,19 @@ def test_slice_agreement_names_misses_and_false_alarms():
     assert [row["predicted_pixels"] for row in rows] == [8, 0, 1, 0]
     assert rows[0]["dice"] == pytest.approx(16 / 24)
     assert [row["dice"] for row in rows[1:]] == [0.0, 0.0, 1.0]
+
+
+def test_volume_measurements_give_mm2_per_slice_and_ml_not_a_summed_area():
+    import nibabel as nib
+
+    pixels = np.zeros((40, 40, 3), np.float32)
+    pixels[5:35, 5:35, :] = 100.0
+    image = nib.Nifti1Image(pixels, np.diag([0.5, 0.5, 2.0, 1.0]))
+    case = case_from_bytes(image.to_bytes(), "head.nii")
+    mask = np.zeros(case.volume.shape, bool)
+    mask[0, 10:20, 10:20] = True  # 100 px = 25 mm² on one slice
+    mask[1, 10:30, 10:30] = True  # 400 px = 100 mm²
+    rows = list(csv.DictReader(io.StringIO(measurements_csv(case, mask, 0.5))))
+    assert [row["tumour_area_mm2"] for row in rows[:-1]] == ["25.00", "100.00", "0.00"]
+    assert rows[-1]["tumour_area_mm2"] == ""
+    assert float(rows[-1]["tumour_volume_ml"]) == pytest.approx(500 * 0.5 * 0.5 * 2.0 / 1000)

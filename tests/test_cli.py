@@ -5,13 +5,16 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, SAMPLES
+from conftest import REPO_ROOT, SAMPLES, make_dicom
 
 from mriseg.inference import native_bf16
+from mriseg.io import read_volume
 
 
 def mriseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -36,6 +39,42 @@ def test_predict_writes_masks_and_reports_sizes(tmp_path, sample_index):
     assert nib.load(nifti_mask).shape == (256, 256, volume_entry["slices"])
     line = next(line for line in result.stdout.splitlines() if line.startswith(slice_entry["image"]))
     assert int(line.split("tumour ")[1].split(" px")[0]) > 0
+
+
+def test_predict_writes_scanner_space_nifti_for_dicom_and_2d_nifti(tmp_path, sample_index):
+    volume_entry = next(e for e in sample_index if e["category"] == "volume")
+    slice_entry = next(e for e in sample_index if e["category"] == "large")
+    series = tmp_path / "series.zip"
+    pixels = read_volume((SAMPLES / volume_entry["image"]).read_bytes(), volume_entry["image"]).pixels
+    with zipfile.ZipFile(series, "w") as archive:
+        for index, image in enumerate(pixels):
+            archive.writestr(f"IM{index:04d}.dcm", make_dicom(image, spacing=(0.5, 0.5), instance=index + 1,
+                                                              position=(-64, -64, 3.0 * index)))
+    two_d = tmp_path / "slice.nii"
+    image = read_volume((SAMPLES / slice_entry["image"]).read_bytes(), slice_entry["image"]).pixels[0]
+    affine = np.diag([0.8, 0.8, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(image.T[::-1, ::-1]), affine), two_d)  # RAS+: reads as the PNG
+    out = tmp_path / "out"
+    result = mriseg("predict", str(series), str(two_d), "--out", str(out), "--threshold", "0.5", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["series_mask.nii.gz", "slice_mask.nii.gz"]
+
+    series_mask = nib.load(out / "series_mask.nii.gz")
+    assert series_mask.shape == (256, 256, volume_entry["slices"])
+    np.testing.assert_allclose(series_mask.affine, read_volume(series.read_bytes(), series.name).affine)
+    tumour = np.asarray(series_mask.dataobj) > 0
+    per_slice = tumour.sum(axis=(0, 1))
+    line = next(line for line in result.stdout.splitlines() if line.startswith("series.zip"))
+    assert f"largest {per_slice.max() * 0.25:.1f} mm² on slice {per_slice.argmax() + 1}," in line
+    assert f"volume {tumour.sum() * 0.5 * 0.5 * 3.0 / 1000:.2f} mL" in line
+    assert line.count("mm²") == 1  # the largest slice's area, never one summed over slices
+
+    slice_mask = nib.load(out / "slice_mask.nii.gz")
+    assert slice_mask.shape == (256, 256, 1)
+    np.testing.assert_allclose(slice_mask.affine, affine)
+    pixels = int((np.asarray(slice_mask.dataobj) > 0).sum())
+    line = next(line for line in result.stdout.splitlines() if line.startswith("slice.nii"))
+    assert pixels > 0 and f"tumour {pixels} px, {pixels * 0.64:.1f} mm² ->" in line
 
 
 def test_evaluate_writes_the_json_report(tmp_path, kaggle_folder):

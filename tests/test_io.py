@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 import zipfile
 
 import cv2
@@ -14,7 +15,7 @@ from conftest import SAMPLES, head_phantom, make_dicom
 from PIL import Image
 
 from mriseg.errors import InputError
-from mriseg.io import MAX_SIDE, mask_to_nifti, mask_to_png, read_mask, read_volume
+from mriseg.io import MAX_SIDE, MAX_SLICES, mask_to_nifti, mask_to_png, read_mask, read_volume
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,6 +148,11 @@ class TestDICOM(BaseReaderTest):
         assert volume.spacing == (0.7, 0.8, 5.0)
         assert volume.pixel_area_mm2 == pytest.approx(0.56)
 
+    def test_without_pixel_spacing_sizes_stay_in_pixels(self):
+        volume = read_volume(make_dicom(head_phantom(64) * 10, spacing=None), "screen.dcm")
+        assert volume.spacing is None and volume.pixel_area_mm2 is None
+        assert volume.affine is not None  # a mask still goes back voxel for voxel
+
     def test_multiframe(self):
         frames = np.stack([head_phantom(64, seed=s) * 10 for s in range(4)])
         volume = read_volume(make_dicom(frames, frames=True), "cine.dcm")
@@ -168,6 +174,14 @@ class TestDICOM(BaseReaderTest):
             np.testing.assert_allclose(volume.pixels[z], slices[z].astype(np.uint16))
         assert volume.spacing == (0.5, 0.5, 2.5)
         assert volume.voxel_volume_ml == pytest.approx(0.5 * 0.5 * 2.5 / 1000)
+
+    def test_zip_series_with_a_missing_slice_is_refused(self):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for z in (0, 1, 2, 4, 5):
+                archive.writestr(f"IM{z}.dcm", make_dicom(head_phantom(64, seed=z) * 10, position=(0, 0, 2.5 * z)))
+        with pytest.raises(InputError, match=r"unevenly spaced \(2.50 to 5.00 mm apart\): a slice is missing"):
+            read_volume(buffer.getvalue(), "gap.zip")
 
     def test_not_dicom(self):
         with pytest.raises(InputError, match="not a DICOM"):
@@ -211,6 +225,240 @@ class TestNIfTI(BaseReaderTest):
         written = nib.Nifti1Image.from_bytes(gzip.decompress(mask_to_nifti(mask, volume)))
         np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, array > 0.7)
         np.testing.assert_allclose(written.affine, affine)
+
+
+# A test volume indexed [x, y, z] along DICOM's patient axes (x to the patient's left, y posterior, z to the head),
+# textured and with a bright blob off centre on every axis, so any flipped or swapped axis shows.
+SHAPE = (48, 40, 36)
+SPACING = np.array([0.9, 1.1, 2.0])
+ORIGIN = np.array([-20.0, 30.0, -40.0])
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# ImageOrientationPatient (row, column) as scanners write these planes.
+PLANES = {"axial": ((1, 0, 0), (0, 1, 0)), "sagittal": ((0, 1, 0), (0, 0, -1)), "coronal": ((1, 0, 0), (0, 0, -1))}
+# Stored the way a NIfTI converter might: other axis signs than the DICOM planes above.
+NIFTI_PLANES = {"axial": ((-1, 0, 0), (0, -1, 0)), "sagittal": ((0, -1, 0), (0, 0, 1)),
+                "coronal": ((-1, 0, 0), (0, 0, 1))}
+
+
+def blob_volume() -> np.ndarray:
+    x, y, z = np.indices(SHAPE)
+    texture = 100 + 10 * ((7 * x + 3 * y + 5 * z) % 11)
+    blob = (x - 12) ** 2 + (y - 28) ** 2 + (z - 25) ** 2 < 30
+    return np.where(blob, 900, texture).astype(np.uint16)
+
+
+def axial_slices(volume: np.ndarray) -> np.ndarray:
+    """What mriseg shows: slices from foot to head, anterior at the top, the patient's right on the image's left."""
+    return volume.transpose(2, 1, 0).astype(np.float32)
+
+
+def canonical_affine() -> np.ndarray:
+    """RAS+ affine of the volume's axial slices as a canonical (x to the right) NIfTI array."""
+    far_corner = ORIGIN + (np.array(SHAPE) - 1) * SPACING  # the canonical array starts at the right, anterior end
+    affine = np.diag([*SPACING, 1.0])
+    affine[:3, 3] = [-far_corner[0], -far_corner[1], ORIGIN[2]]
+    return affine
+
+
+def stack(volume: np.ndarray, row, column) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` as slices along row x column, rows along ``column`` and columns along ``row`` (patient axes, as
+    in ImageOrientationPatient), with the LPS affine of the (slice, row, column) indices."""
+    directions = [np.cross(row, column), np.asarray(column), np.asarray(row)]
+    axes = [int(np.flatnonzero(direction)[0]) for direction in directions]
+    flipped = [direction[axis] < 0 for direction, axis in zip(directions, axes, strict=True)]
+    slices = np.transpose(volume, axes)[tuple(slice(None, None, -1 if flip else 1) for flip in flipped)]
+    start = np.zeros(3)
+    affine = np.eye(4)
+    for index, (direction, axis, flip) in enumerate(zip(directions, axes, flipped, strict=True)):
+        start[axis] = volume.shape[axis] - 1 if flip else 0
+        affine[:3, index] = direction * SPACING[axis]
+    affine[:3, 3] = ORIGIN + start * SPACING
+    return slices, affine
+
+
+def axis_spacing(affine: np.ndarray, axis: int) -> float:
+    return float(np.linalg.norm(affine[:3, axis]))
+
+
+def series_zip(slices: np.ndarray, affine: np.ndarray, series: str | None = None) -> bytes:
+    """One DICOM file per slice, zipped in shuffled order with misleading instance numbers."""
+    row, column = affine[:3, 2] / axis_spacing(affine, 2), affine[:3, 1] / axis_spacing(affine, 1)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for count, index in enumerate(np.random.default_rng(0).permutation(len(slices))):
+            position = tuple((affine @ [index, 0, 0, 1])[:3].round(4))
+            data = make_dicom(slices[index], spacing=(axis_spacing(affine, 1), axis_spacing(affine, 2)),
+                              position=position, orientation=(*row.round(6), *column.round(6)), instance=count + 1,
+                              series=series)
+            archive.writestr(f"series/IM{count:04d}.dcm", data)
+    return buffer.getvalue()
+
+
+def nifti_file(volume: np.ndarray, row, column) -> bytes:
+    slices, affine = stack(volume, row, column)
+    # NIfTI indexes (column, row, slice), in RAS+ world coordinates.
+    return nib.Nifti1Image(slices.transpose(2, 1, 0), LPS_TO_RAS @ affine[:, [2, 1, 0, 3]]).to_bytes()
+
+
+def enhanced_dicom(volume: np.ndarray, row, column, *, duplicate: bool = False) -> bytes:
+    """An enhanced MR file: frames stored shuffled, each with its position, spacing and rescale in per-frame
+    functional groups, the orientation shared."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    slices, affine = stack(volume, row, column)
+    order = np.random.default_rng(1).permutation(len(slices))
+    if duplicate:
+        order[1] = order[0]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = slices.shape[1:]
+    ds.NumberOfFrames = len(order)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [*row, *column]
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames, stored = [], []
+    for count, index in enumerate(order):
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([Dataset()])
+        frame.PlanePositionSequence[0].ImagePositionPatient = list((affine @ [index, 0, 0, 1])[:3].round(4))
+        frame.PixelMeasuresSequence = Sequence([Dataset()])
+        frame.PixelMeasuresSequence[0].PixelSpacing = [axis_spacing(affine, 1), axis_spacing(affine, 2)]
+        frame.PixelMeasuresSequence[0].SliceThickness = axis_spacing(affine, 0)
+        # Each frame stored with its own offset, undone by its own rescale intercept.
+        frame.PixelValueTransformationSequence = Sequence([Dataset()])
+        frame.PixelValueTransformationSequence[0].RescaleSlope = 1
+        frame.PixelValueTransformationSequence[0].RescaleIntercept = -10 * count
+        frame.PixelValueTransformationSequence[0].RescaleType = "US"
+        frames.append(frame)
+        stored.append(slices[index] + 10 * count)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.stack(stored).astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates of a mask's voxels, sorted, to compare masks stored in different voxel orders."""
+    points = nib.affines.apply_affine(affine, np.argwhere(mask)).round(3)
+    return points[np.lexsort(points.T)]
+
+
+class TestScannerSpace:
+    """NIfTI and DICOM in any plane come back as the same axial slices, placed in the same world space."""
+
+    @pytest.mark.parametrize("plane", list(PLANES))
+    @pytest.mark.parametrize("kind", ["DICOM series", "NIfTI"])
+    def test_every_plane_and_format_gives_the_same_axial_slices(self, kind, plane):
+        volume = blob_volume()
+        if kind == "NIfTI":
+            read = read_volume(nifti_file(volume, *NIFTI_PLANES[plane]), f"{plane}.nii")
+        else:
+            read = read_volume(series_zip(*stack(volume, *PLANES[plane])), f"{plane}.zip")
+        np.testing.assert_array_equal(read.pixels, axial_slices(volume))
+        assert read.spacing == pytest.approx((1.1, 0.9, 2.0))
+        np.testing.assert_allclose(read.affine, canonical_affine(), atol=1e-4)
+        assert read.source["plane"] == plane
+
+    @pytest.mark.parametrize("plane", list(PLANES))
+    def test_mask_written_back_lands_on_the_blob_in_world_space(self, plane):
+        volume = blob_volume()
+        read = read_volume(series_zip(*stack(volume, *PLANES[plane])), f"{plane}.zip")
+        written = nib.Nifti1Image.from_bytes(gzip.decompress(mask_to_nifti(read.pixels > 500, read)))
+        blob_world = LPS_TO_RAS[:3, :3] @ (ORIGIN + np.argwhere(volume > 500) * SPACING).T
+        expected = blob_world.T.round(3)
+        np.testing.assert_allclose(world_points(np.asarray(written.dataobj) > 0, written.affine),
+                                   expected[np.lexsort(expected.T)], atol=1e-3)
+
+    @pytest.mark.parametrize(("degrees", "accepted"), [(25, True), (35, False)])
+    def test_oblique_series_is_turned_to_axial_within_the_tolerance(self, degrees, accepted):
+        volume = blob_volume()
+        slices, affine = stack(volume, *PLANES["axial"])
+        angle = np.radians(degrees)
+        tilt = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+        affine[:3, :3] = tilt @ affine[:3, :3]
+        data = series_zip(slices, affine)
+        if not accepted:
+            with pytest.raises(InputError, match=f"tilted {degrees}° from the nearest scanner axis.*within 30°"):
+                read_volume(data, "oblique.zip")
+            return
+        read = read_volume(data, "oblique.zip")
+        np.testing.assert_array_equal(read.pixels, axial_slices(volume))
+        # The tilt stays in the affine, so the mask goes back where the slices were acquired.
+        assert np.degrees(nib.affines.obliquity(read.affine)).max() == pytest.approx(degrees, abs=0.01)
+
+    def test_enhanced_multiframe_orders_frames_by_position_and_keeps_spacing(self):
+        volume = blob_volume()
+        read = read_volume(enhanced_dicom(volume, *PLANES["sagittal"]), "enhanced.dcm")
+        np.testing.assert_array_equal(read.pixels, axial_slices(volume))
+        assert read.spacing == pytest.approx((1.1, 0.9, 2.0))
+        np.testing.assert_allclose(read.affine, canonical_affine(), atol=1e-4)
+
+    def test_enhanced_multiframe_with_frames_at_one_position_is_refused(self):
+        with pytest.raises(InputError, match="several frames lie at one position"):
+            read_volume(enhanced_dicom(blob_volume(), *PLANES["axial"], duplicate=True), "echoes.dcm")
+
+    def test_zip_of_two_series_is_refused(self):
+        volume = blob_volume()
+        first = zipfile.ZipFile(io.BytesIO(series_zip(*stack(volume, *PLANES["axial"]), series="1.2.3")))
+        second = zipfile.ZipFile(io.BytesIO(series_zip(*stack(volume, *PLANES["axial"]), series="1.2.4")))
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, source in (("a", first), ("b", second)):
+                for info in source.infolist():
+                    archive.writestr(f"{name}/{info.filename}", source.read(info))
+        with pytest.raises(InputError, match="belong to 2 series"):
+            read_volume(buffer.getvalue(), "study.zip")
+
+    @pytest.mark.parametrize("kind", ["NIfTI", "DICOM"])
+    def test_few_sagittal_slices_are_too_small_once_axial(self, kind):
+        if kind == "NIfTI":
+            data = nifti_file(blob_volume()[:8], *NIFTI_PLANES["sagittal"])
+            name, expected = "sagittal.nii", "8 sagittal slice.*40x8 pixels.*32x32"
+        else:
+            data = make_dicom(head_phantom(64) * 10, position=(0, 0, 0), orientation=(0, 1, 0, 0, 0, -1))
+            name, expected = "sagittal.dcm", "1 sagittal slice.*64x1 pixels.*32x32"
+        with pytest.raises(InputError, match=expected):
+            read_volume(data, name)
+
+
+class TestLimits:
+    def test_thousands_of_tiff_pages_are_refused_before_decoding(self):
+        pages = [Image.fromarray(head_phantom(32, seed=s).astype(np.uint8)) for s in range(3000)]
+        buffer = io.BytesIO()
+        pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+        started = time.perf_counter()
+        with pytest.raises(InputError, match="more than 1,000 pages.*at most 1,000 slices"):
+            read_volume(buffer.getvalue(), "stack.tif")
+        assert time.perf_counter() - started < 5
+
+    def test_dicom_with_too_many_frames_is_refused(self):
+        frames = np.ones((MAX_SLICES + 1, 32, 32))
+        with pytest.raises(InputError, match="1,001 slices; mriseg segments at most 1,000"):
+            read_volume(make_dicom(frames, frames=True), "long.dcm")
+
+    def test_nifti_with_too_many_axial_slices_is_refused(self):
+        image = nib.Nifti1Image(np.ones((32, 32, MAX_SLICES + 1), np.uint8), np.eye(4))
+        with pytest.raises(InputError, match="1,001 slices; mriseg segments at most 1,000"):
+            read_volume(image.to_bytes(), "long.nii")
+
+    def test_rgb_nifti_names_its_data_type(self):
+        rgb = np.zeros((40, 40, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        with pytest.raises(InputError, match=r"data type is RGB \(\[\('R', 'u1'\)"):
+            read_volume(nib.Nifti1Image(rgb, np.eye(4)).to_bytes(), "colour.nii")
 
 
 class TestBadInput:

@@ -44,3 +44,12 @@ def test_binarize_applies_the_3d_filter_only_when_configured():
     probabilities[2, 25:28, 25:28] = 0.9
     assert binarize(probabilities, PostprocessingConfig(min_volume_fraction=0.2)).sum() == 200
     assert binarize(probabilities, PostprocessingConfig()).sum() == 209
+
+
+def test_enclosed_core_filled_only_when_configured():
+    probabilities = np.zeros((1, 60, 60), np.float32)
+    probabilities[0, 10:40, 10:40] = 0.9
+    probabilities[0, 20:30, 20:30] = 0.1  # a dark core the network leaves out
+    assert not binarize(probabilities, PostprocessingConfig()).any(axis=0)[25, 25]
+    filled = binarize(probabilities, PostprocessingConfig(fill_holes=True))
+    assert filled[0, 25, 25] and filled.sum() == 900

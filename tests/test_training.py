@@ -11,17 +11,20 @@ from conftest import SAMPLES
 from torchvision import tv_tensors
 
 from mriseg.bundle import load_segmenter
+from mriseg.data import find_cases
 from mriseg.inference import native_bf16
 from mriseg.io import read_image_file, read_mask_file
 from mriseg.model import UNetConfig, create_model
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 from mriseg.training import (
     ContextJitter,
+    MRIArtefacts,
     RandomGamma,
     SliceDataset,
     TrainConfig,
     bce_dice_loss,
     learning_rate_at,
+    load_validation,
     train,
     training_augmentation,
 )
@@ -67,7 +70,7 @@ def test_tiny_unet_lowers_its_loss_on_real_slices(slice_samples, bf16):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
-@pytest.mark.parametrize("strength", ["standard", "strong"])
+@pytest.mark.parametrize("strength", ["standard", "strong", "mri"])
 def test_augmentation_moves_image_and_mask_together(slice_samples, strength):
     images, masks = sample_tensors(slice_samples[:1], grid=128)
     torch.manual_seed(3)
@@ -227,3 +230,48 @@ def test_channels_must_match_the_context(kaggle_folder, tmp_path):
                          preprocessing=PreprocessingConfig(grid_size=64, context_slices=1))
     with pytest.raises(ValueError, match="takes 1 input channels but the preprocessing makes 3"):
         train(kaggle_folder, tmp_path / "run", tmp_path / "split.json", config, device="cpu")
+
+
+def test_mri_artefacts_change_the_image_smoothly_and_leave_the_mask():
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    image = tv_tensors.Image(((yy - 32) ** 2 + (xx - 32) ** 2 < 600).float()[None].repeat(3, 1, 1) * 100)
+    mask = tv_tensors.Mask((image[:1] > 0).float())
+    artefacts = MRIArtefacts(bias_field=1.0, anisotropy=0.0)
+    biased, same_mask = artefacts(image, mask)
+    assert torch.equal(same_mask, mask)
+    assert biased.shape == image.shape and (biased[:, image[0] == 0] == 0).all()  # the background stays dark
+    ratio = biased[0][image[0] > 0] / 100
+    assert ratio.std() > 0.01  # an inhomogeneous field, the same on every channel (one acquisition)
+    assert torch.allclose(biased[0], biased[2])
+    blurred, _ = MRIArtefacts(bias_field=0.0, anisotropy=1.0)(image, mask)
+    assert not torch.equal(blurred, image) and blurred.shape == image.shape
+
+
+def test_thin_context_moves_neighbours_towards_the_slice():
+    random.seed(0)
+    image = tv_tensors.Image(torch.stack([torch.zeros(4, 4), torch.ones(4, 4), torch.full((4, 4), 2.0)]))
+    jitter = ContextJitter(lone=0.0, thin=1.0)
+    for _ in range(5):
+        thinned = jitter(image)
+        neighbours = sorted([float(thinned[0, 0, 0]), float(thinned[2, 0, 0])])
+        assert float(thinned[1, 0, 0]) == 1.0
+        assert 0.0 < neighbours[0] < 1.0 < neighbours[1] < 2.0 and sum(neighbours) == pytest.approx(2.0)
+
+
+def test_skull_stripped_copies_are_drawn_and_scored(kaggle_folder, tmp_path, slice_samples):
+    images = np.zeros((4, 8, 8), np.float32)
+    stripped = np.ones((4, 8, 8), np.float32)
+    masks = np.zeros((4, 8, 8), np.float32)
+    random.seed(0)
+    drawn = [float(SliceDataset(images, masks, None, stripped, 0.5)[0][0].mean()) for _ in range(200)]
+    assert 0.35 < np.mean(drawn) < 0.65
+    assert all(float(SliceDataset(images, masks, None, stripped, 0.0)[0][0].mean()) == 0.0 for _ in range(20))
+
+    split, config = tiny_run(slice_samples, tmp_path, epochs=1)
+    run = tmp_path / "stripped"
+    train(kaggle_folder, run, split, replace(config, skull_strip=0.5), device="cpu")
+    saved = json.loads((run / "best" / "config.json").read_text())
+    assert saved["training"]["skull_strip"] == 0.5
+    validation = load_validation(find_cases(kaggle_folder)[:2], skull_stripped=True)
+    assert [name.endswith("(skull-stripped)") for name, _, _ in validation] == [False, False, True, True]
