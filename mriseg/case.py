@@ -6,11 +6,12 @@ import csv
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from mriseg.input_check import check_input
 from mriseg.io import Volume, read_mask, read_volume
 from mriseg.measure import tumour_size
 from mriseg.metrics import dice, iou
@@ -30,6 +31,8 @@ class Case:
         volume: the decoded image.
         truth: ground-truth mask (slices, H, W) when one is known.
         truth_source: where the ground truth came from, for display.
+        warnings: why the file may not be what the model knows (:func:`mriseg.input_check.check_input`), worked
+            out once when the file is opened.
     """
 
     name: str
@@ -37,17 +40,20 @@ class Case:
     volume: Volume
     truth: np.ndarray | None = None
     truth_source: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def case_from_bytes(data: bytes, filename: str) -> Case:
-    """Decode an uploaded file; raises :class:`~mriseg.errors.InputError` for bad input."""
-    return Case(filename, hashlib.sha256(data).hexdigest(), read_volume(data, filename))
+    """Decode an uploaded file and check it looks like brain FLAIR; raises :class:`~mriseg.errors.InputError`
+    for bad input."""
+    volume = read_volume(data, filename)
+    return Case(filename, hashlib.sha256(data).hexdigest(), volume, warnings=tuple(check_input(volume, data=data)))
 
 
 def with_truth(case: Case, data: bytes, filename: str) -> Case:
     """The case with a ground-truth mask file attached (must be binary and match the image's shape)."""
     truth = read_mask(data, filename, expected_shape=case.volume.shape)
-    return Case(case.name, case.digest, case.volume, truth, f"uploaded mask {filename}")
+    return replace(case, truth=truth, truth_source=f"uploaded mask {filename}")
 
 
 def sample_index(samples_dir: Path = SAMPLES_DIR) -> list[dict]:
@@ -58,7 +64,7 @@ def load_sample(entry: dict, samples_dir: Path = SAMPLES_DIR) -> Case:
     """A gallery sample with its radiologist-approved mask as ground truth."""
     case = case_from_bytes((samples_dir / entry["image"]).read_bytes(), entry["image"])
     truth = read_mask((samples_dir / entry["mask"]).read_bytes(), entry["mask"], case.volume.shape)
-    return Case(case.name, case.digest, case.volume, truth, "manual mask of the data set")
+    return replace(case, truth=truth, truth_source="manual mask of the data set")
 
 
 def threshold_curve(probabilities: np.ndarray, truth: np.ndarray | None, postprocessing: PostprocessingConfig,

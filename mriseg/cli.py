@@ -96,6 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from mriseg.input_check import check_input
     from mriseg.io import mask_to_nifti, mask_to_png, read_volume
     from mriseg.measure import tumour_size
     from mriseg.postprocessing import binarize
@@ -109,11 +110,14 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
-            volume = read_volume(path.read_bytes(), path.name)
+            data = path.read_bytes()
+            volume = read_volume(data, path.name)
         except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
             continue
+        for warning in check_input(volume, data=data):  # segmented all the same: the exit code is unchanged
+            print(f"warning: {path.name}: {warning}", file=sys.stderr)
         probabilities = segmenter.predict(volume.pixels, tta=tta).mean
         mask = binarize(probabilities, segmenter.postprocessing, args.threshold)
         stem = path.name.split(".")[0]

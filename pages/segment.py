@@ -28,6 +28,8 @@ case = webapp.current_case()
 if case is None:
     st.info("Open a sample or upload a FLAIR scan to begin.")
     st.stop()
+for warning in case.warnings:  # above the result: an outline on a file unlike FLAIR means nothing
+    st.warning(warning, icon=":material/warning:")
 prediction = webapp.predict(model, case, tta=view.tta)
 # The mask depends on the threshold only (a full rerun); the fragment below reuses it for display controls.
 mask = webapp.current_mask(model, prediction, threshold)
