@@ -118,7 +118,8 @@ def result_view() -> None:
 
     stem = case.name.split(".")[0]
     downloads = st.columns(3)
-    if volume.n_slices == 1:
+    # A scan placed in scanner space (NIfTI, DICOM) gets its mask back in that space, even a single slice.
+    if volume.n_slices == 1 and volume.affine is None:
         downloads[0].download_button("Mask (PNG)", mask_to_png(mask[0]), f"{stem}_mask.png", "image/png")
     else:
         downloads[0].download_button("Mask (NIfTI)", mask_to_nifti(mask, volume), f"{stem}_mask.nii.gz",

@@ -242,3 +242,15 @@ def test_metrics_page_for_case_and_model(slice_samples):
     sites = json.loads(next(chart for chart in charts if "by scanner site" in chart.proto.spec).proto.spec)
     assert sites["data"][0]["x"] == list(report["per_site"])
     assert any(f"{report['calibration']['ece_from_0.1']:.3f} on average" in caption.value for caption in at.caption)
+
+
+def test_single_slice_nifti_mask_downloads_as_nifti(slice_samples):
+    import cv2
+
+    pixels = cv2.imread(str(SAMPLES / slice_samples[0]["image"]), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    data = nib.Nifti1Image(pixels.T[:, ::-1, None].copy(), np.diag([0.9, 0.9, 5.0, 1.0])).to_bytes()
+    at = start()
+    at.radio(key="source").set_value("Upload a file").run()
+    upload(at, "upload", "slice.nii", data)
+    labels = [button.proto.label for button in at.get("download_button")]
+    assert "Mask (NIfTI)" in labels and "Mask (PNG)" not in labels
