@@ -169,9 +169,14 @@ def model_card(config: dict, report: dict) -> str:
                                   f"U-Net {source} (the same weights)."]
             texts.append(f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
                          + "\n".join(lines))
+            # A member that branched off before another's last stage starts from that stage's weights.
+            start = None
+            if shared:
+                whole = shared == len(histories[source - 1])
+                start = f"runs/unet{source}/weights" if whole else f"runs/unet{source}-stage{shared}/weights"
             commands.append(reproduce_commands(stages[shared:], member, run=f"runs/unet{number}-stage",
                                                final_out=f"runs/unet{number}/weights", first_number=shared + 1,
-                                               init=f"runs/unet{source}/weights" if shared else None))
+                                               init=start))
         stages_text, reproduce = "\n".join(texts), "\n".join(commands)
         folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
         reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
@@ -401,7 +406,8 @@ def describe_stages(stages: list[dict]) -> str:
         recipe = {"strong": ", *strong augmentation*", "mri": ", *MRI augmentation*"}.get(
             training.get("augmentation"), "")
         if training.get("skull_strip"):
-            recipe += f", {training['skull_strip']:.0%} of the slices shown skull-stripped"
+            recipe += (f", {training['skull_strip']:.0%} of the slices shown skull-stripped (epoch picked on the "
+                       "validation patients and their skull-stripped copies together)")
         recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
         if recall != 0.5:
             recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
@@ -447,13 +453,24 @@ def stage_identity(stage: dict) -> str:
 
 
 def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, int]:
-    """Whether a member's history starts with the whole history of an earlier member (it was warm-restarted from
-    that member's weights): (that member's number, how many stages they share), or (0, 0)."""
+    """Whether a member's history starts with stages of an earlier member (it was warm-restarted from weights that
+    member passed through, or ended with): (that member's number, how many stages they share), or (0, 0).
+
+    Example:
+        >>> first, second, third = ({"training": {"epochs": n, "seed": n}} for n in (1, 2, 3))
+        >>> shared_start([first, third], [[first, second]])  # branched off after the first stage
+        (1, 1)
+        >>> shared_start([third], [[first, second]])
+        (0, 0)
+    """
     best = (0, 0)
     for number, other in enumerate(earlier, start=1):
-        shared = len(other)
-        if best[1] < shared < len(stages) and all(
-                stage_identity(a) == stage_identity(b) for a, b in zip(stages, other, strict=False)):
+        shared = 0
+        for a, b in zip(stages, other, strict=False):
+            if stage_identity(a) != stage_identity(b):
+                break
+            shared += 1
+        if best[1] < shared < len(stages):
             best = (number, shared)
     return best
 
