@@ -40,6 +40,16 @@ def segmenter():
     return load_segmenter(WEIGHTS, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def sample_volume() -> tuple[np.ndarray, np.ndarray]:
+    """The gallery's 20-slice LGG patient (a validation patient) and its manual mask."""
+    from mriseg.io import read_volume
+
+    volume = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels
+    truth = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume_mask.tif").read_bytes(), "mask.tif").pixels > 0
+    return volume, truth
+
+
 @pytest.fixture
 def kaggle_folder(tmp_path, slice_samples) -> Path:
     """A small data set in the Kaggle layout built from the sample slices (one patient folder per sample)."""
@@ -51,28 +61,36 @@ def kaggle_folder(tmp_path, slice_samples) -> Path:
     return tmp_path
 
 
+def mr_dataset(sop_class: str):
+    """A grey-scale MR DICOM data set of ``sop_class`` with its file meta, ready for pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    return ds
+
+
 def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, spacing=(0.5, 0.5),
                position: tuple[float, float, float] | None = None, instance: int = 1, frames: bool = False,
                window: tuple[float, float] | None = None,
                orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), series: str | None = None) -> bytes:
     """A real DICOM file (MR, 16-bit unsigned) written with pydicom; ``orientation`` (ImageOrientationPatient) is
     written with ``position``, and ``spacing=None`` leaves PixelSpacing out."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage
 
     pixels = np.asarray(pixels, dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
+    ds = mr_dataset(MRImageStorage)
     ds.PatientName = "Test^Phantom"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape[-2:]
     if frames:
         ds.NumberOfFrames = pixels.shape[0]

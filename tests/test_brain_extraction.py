@@ -1,18 +1,8 @@
 """Skull-stripped training copies: on a real LGG volume the brain is kept, the scalp goes, the tumour stays."""
 
 import numpy as np
-import pytest
-from conftest import SAMPLES
 
 from mriseg.brain_extraction import brain_mask, strip_skull
-from mriseg.io import read_volume
-
-
-@pytest.fixture(scope="module")
-def sample_volume():
-    volume = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels
-    truth = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume_mask.tif").read_bytes(), "mask.tif").pixels > 0
-    return volume, truth
 
 
 def test_most_slices_through_the_brain_are_stripped(sample_volume):

@@ -11,7 +11,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLES, head_phantom, make_dicom
+from conftest import SAMPLES, head_phantom, make_dicom, mr_dataset
 from PIL import Image
 
 from mriseg.errors import InputError
@@ -303,25 +303,15 @@ def nifti_file(volume: np.ndarray, row, column) -> bytes:
 def enhanced_dicom(volume: np.ndarray, row, column, *, duplicate: bool = False) -> bytes:
     """An enhanced MR file: frames stored shuffled, each with its position, spacing and rescale in per-frame
     functional groups, the orientation shared."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import EnhancedMRImageStorage
 
     slices, affine = stack(volume, row, column)
     order = np.random.default_rng(1).permutation(len(slices))
     if duplicate:
         order[1] = order[0]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = EnhancedMRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds = mr_dataset(EnhancedMRImageStorage)
     ds.Rows, ds.Columns = slices.shape[1:]
     ds.NumberOfFrames = len(order)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

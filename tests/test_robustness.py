@@ -2,20 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
 
 from mriseg.brain_extraction import strip_skull
 from mriseg.evaluation import evaluate
-from mriseg.io import read_volume
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor, darken_masked_background, masked_background
 from mriseg.robustness import make_variant
-
-
-@pytest.fixture(scope="module")
-def sample_volume():
-    volume = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels
-    truth = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume_mask.tif").read_bytes(), "mask.tif").pixels > 0
-    return volume, truth
 
 
 def test_resampled_copy_keeps_the_tumour_in_physical_size(sample_volume):
