@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mriseg.preprocessing import RobustNormalize
+from mriseg.preprocessing import RobustNormalize, darken_masked_background
 
 COLOURS = {
     "red": (230, 50, 50),
@@ -23,8 +23,9 @@ ERROR_COLOURS = {
 
 
 def display_image(pixels: np.ndarray) -> np.ndarray:
-    """A 2D slice scaled to uint8 the way the model sees it (head-percentile clipping), as gray RGB."""
-    normalized = RobustNormalize()(pixels)
+    """A 2D slice scaled to uint8 the way the model sees it (a skull-stripped scan's background dark, head-percentile
+    clipping), as gray RGB."""
+    normalized = RobustNormalize()(darken_masked_background(np.asarray(pixels)[None])[0])
     low, high = float(normalized.min()), float(normalized.max())
     scaled = np.zeros_like(normalized) if high == low else (normalized - low) / (high - low)
     gray = (scaled * 255).round().astype(np.uint8)

@@ -50,3 +50,10 @@ def test_heatmap_and_png():
     assert coloured.shape == (64, 64, 3)
     assert coloured[0, 0].sum() < coloured[-1, -1].sum()  # dark for 0, bright for 1
     assert to_png(coloured)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_z_scored_stripped_slice_shows_a_dark_background():
+    brain = np.zeros((64, 64), np.float32)
+    brain[16:48, 16:48] = np.random.default_rng(0).normal(0, 1, (32, 32))
+    shown = display_image(brain)[..., 0]
+    assert shown[0, 0] == shown.min() and shown[16:48, 16:48].mean() > shown[0, 0] + 50
