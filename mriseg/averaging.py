@@ -86,8 +86,8 @@ def average_epochs(run_dir: str | Path, epochs: list[int], data_dir: str | Path,
     preprocessing = PreprocessingConfig.from_dict(config["preprocessing"])
     cases = {case.name: case for case in find_cases(data_dir)}
     split = config["split"]
-    images, masks = prepare_slices([cases[name] for name in split["train"]], Preprocessor(preprocessing),
-                                   "preparing training slices")
+    images, masks, _ = prepare_slices([cases[name] for name in split["train"]], Preprocessor(preprocessing),
+                                      "preparing training slices")
     generator = torch.Generator().manual_seed(config["training"]["seed"])
     sampler = WeightedRandomSampler(sampling_weights(masks, config["training"]["positive_fraction"]),
                                     batches * batch_size, generator=generator)

@@ -47,7 +47,7 @@ def case_from_bytes(data: bytes, filename: str) -> Case:
     """Decode an uploaded file and check it looks like brain FLAIR; raises :class:`~mriseg.errors.InputError`
     for bad input."""
     volume = read_volume(data, filename)
-    return Case(filename, hashlib.sha256(data).hexdigest(), volume, warnings=tuple(check_input(volume, data=data)))
+    return Case(filename, hashlib.sha256(data).hexdigest(), volume, warnings=tuple(check_input(volume)))
 
 
 def with_truth(case: Case, data: bytes, filename: str) -> Case:

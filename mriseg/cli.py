@@ -110,13 +110,12 @@ def _predict(args: argparse.Namespace) -> int:
         try:
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
-            data = path.read_bytes()
-            volume = read_volume(data, path.name)
+            volume = read_volume(path.read_bytes(), path.name)
         except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
             continue
-        for warning in check_input(volume, data=data):  # segmented all the same: the exit code is unchanged
+        for warning in check_input(volume):  # segmented all the same: the exit code is unchanged
             print(f"warning: {path.name}: {warning}", file=sys.stderr)
         probabilities = segmenter.predict(volume.pixels, tta=tta).mean
         mask = binarize(probabilities, segmenter.postprocessing, args.threshold)

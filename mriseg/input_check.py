@@ -32,22 +32,17 @@ delivers brains), and so each patient's volume; ``tests/test_input_check.py`` ch
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from mriseg.io import Volume
 
 MODEL_KNOWS = "The model only knows brain FLAIR MRI, so treat the outline as meaningless."
 
-# Colour: a pixel is coloured when its channels differ by more than this share of full scale (JPEG noise on a grey
-# picture stays far below), and a picture is colour when this share of its pixels is.
-COLOUR_CHANNEL_SPREAD = 0.12
+# Colour: a picture is colour when this share of its pixels is coloured (``mriseg.io.colour_share``).
 COLOUR_PIXEL_SHARE = 0.05
 
 # Hounsfield units: CT air is -1000; below -500 lie air and lung, and no MRI value.
@@ -118,13 +113,12 @@ class SliceShape:
                 and self.texture_to_noise >= MIN_TEXTURE_TO_NOISE)
 
 
-def check_input(volume: Volume, *, data: bytes | None = None) -> list[str]:
+def check_input(volume: Volume) -> list[str]:
     """Warnings, one sentence each, for a decoded file that does not look like brain FLAIR MRI; [] when none.
 
     Args:
-        volume: the file as :func:`mriseg.io.read_volume` decoded it.
-        data: the file's bytes, for what decoding drops: the colour of a raster file and the modality in a DICOM
-            header. Without them only the pixels are checked.
+        volume: the file as :func:`mriseg.io.read_volume` decoded it; its ``source`` keeps what decoding drops
+            (a raster file's colour, a DICOM header's modality).
 
     Example:
         >>> yy, xx = np.mgrid[:128, :128]
@@ -133,9 +127,7 @@ def check_input(volume: Volume, *, data: bytes | None = None) -> list[str]:
         >>> check_input(Volume(np.where(limb, tissue, 0)[None].astype(np.float32)))[0][:48]
         'This does not look like an axial head slice: the'
     """
-    warnings = []
-    if data is not None:
-        warnings += _colour_warnings(volume, data) + _modality_warnings(volume, data)
+    warnings = _colour_warnings(volume) + _modality_warnings(volume)
     pixels = volume.pixels
     air = float(np.mean(pixels < CT_AIR_HU))
     if air >= CT_AIR_SHARE:
@@ -303,63 +295,22 @@ def _fullest_slice(pixels: np.ndarray) -> int:
     return int(np.argmax([np.abs(image - background).sum() for image in pixels]))  # a slice at a time: less memory
 
 
-def _colour_warnings(volume: Volume, data: bytes) -> list[str]:
+def _colour_warnings(volume: Volume) -> list[str]:
     """A raster file with real colour (a photograph, a screenshot), from its first page."""
     source = volume.source
-    if source.get("channels", 1) < 3 or source.get("flair_channel_taken"):
-        return []  # grey, or a Kaggle LGG TIFF whose channels are three MR sequences
-    share = colour_share(data)
+    if source.get("flair_channel_taken"):
+        return []  # a Kaggle LGG TIFF, whose channels are three MR sequences
+    share = source.get("colour_share", 0.0)
     if share < COLOUR_PIXEL_SHARE:
         return []
     return [f"This looks like a colour photograph, not an MRI slice: {share:.0%} of its pixels are coloured, where "
             f"MRI is grey. {MODEL_KNOWS}"]
 
 
-def colour_share(data: bytes) -> float:
-    """Share of pixels whose channels differ by more than ``COLOUR_CHANNEL_SPREAD`` of full scale (first page).
-
-    Example:
-        >>> ok, png = cv2.imencode(".png", np.dstack([np.full((40, 40), v, np.uint8) for v in (20, 90, 200)]))
-        >>> colour_share(png.tobytes())
-        1.0
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (512, 512))  # JPEG: decode at a reduced size
-            rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    except (UnidentifiedImageError, OSError, ValueError):
-        return 0.0  # OpenCV read what Pillow cannot: no colour to measure
-    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
-    return float(np.mean(spread > COLOUR_CHANNEL_SPREAD * 255))
-
-
-def _modality_warnings(volume: Volume, data: bytes) -> list[str]:
+def _modality_warnings(volume: Volume) -> list[str]:
     """A DICOM header naming another modality than MR."""
-    file_format = str(volume.source.get("format", ""))
-    modality = dicom_modality(data, zipped="zip" in file_format) if file_format.startswith("DICOM") else None
+    modality = volume.source.get("modality")
     if not modality or modality == "MR":
         return []
     kind = DICOM_MODALITIES.get(modality, "not an MR scan")
     return [f"The DICOM header says this is {kind} (Modality {modality}), not MRI. {MODEL_KNOWS}"]
-
-
-def dicom_modality(data: bytes, *, zipped: bool = False) -> str | None:
-    """The Modality of a DICOM file, or of the first DICOM file in a zip of a series; None when not recorded."""
-    import pydicom
-
-    if zipped:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                modality = _header_modality(pydicom, archive.read(info)) if not info.is_dir() else None
-                if modality:
-                    return modality
-        return None
-    return _header_modality(pydicom, data)
-
-
-def _header_modality(pydicom, data: bytes) -> str | None:
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception:  # not DICOM (a README in a zip) or a broken header: nothing recorded
-        return None
-    return str(dataset.get("Modality", "") or "").upper() or None

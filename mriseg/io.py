@@ -44,6 +44,9 @@ MAX_SLICES = 1000
 MAX_TILT_DEGREES = 30
 PLANES = ("sagittal", "coronal", "axial")  # slices across the x (left-right), y, z (foot-head) world axis
 MAX_UNCOMPRESSED_BYTES = 1 << 30
+# A pixel is coloured when its channels differ by more than this share of full scale (JPEG noise on a grey picture
+# stays far below).
+COLOUR_CHANNEL_SPREAD = 0.12
 
 
 @dataclass
@@ -53,7 +56,8 @@ class Volume:
     Attributes:
         pixels: (slices, H, W) float32 intensities, axial slices in head order.
         spacing: (row mm, column mm, slice mm) when the format records it, else None.
-        source: what the file was: format, file name, bit depth, channel taken, slice count.
+        source: what the file was: format, file name, bit depth, channel taken, slice count; for a raster file
+            the share of coloured pixels, for DICOM the modality its header names.
         affine: for NIfTI and DICOM input, the RAS+ voxel-to-world affine of the canonical array, so a mask written
             back lands where the image is in scanner space.
     """
@@ -165,8 +169,25 @@ def _read_raster(data: bytes, filename: str) -> Volume:
             "bits": int(np.dtype(dtype).itemsize * 8),
             "channels": 1 if frames[0].ndim == 2 else int(frames[0].shape[-1]),
             "flair_channel_taken": take_channel is not None and frames[0].ndim == 3,
+            "colour_share": colour_share(frames[0]),
         },
     )
+
+
+def colour_share(pixels: np.ndarray) -> float:
+    """Share of pixels whose colour channels differ by more than ``COLOUR_CHANNEL_SPREAD`` of full scale: how much
+    real colour a decoded picture holds (0 for grey, whatever the number of channels it was stored with).
+
+    Example:
+        >>> colour_share(np.dstack([np.full((40, 40), v, np.uint8) for v in (20, 90, 200)]))
+        1.0
+    """
+    if pixels.ndim != 3 or pixels.shape[-1] < 3:
+        return 0.0
+    colour = pixels[::2, ::2, :3].astype(np.float32)  # every other pixel: the share, not the picture, is wanted
+    full_scale = np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else 1.0
+    spread = colour.max(axis=-1) - colour.min(axis=-1)
+    return float(np.mean(spread > COLOUR_CHANNEL_SPREAD * full_scale))
 
 
 def _page_count(image: Image.Image) -> int:
@@ -238,7 +259,8 @@ def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str)
     _check_shape(filename, dicom.series_shape(datasets, filename))  # before any pixel is decoded
     image = dicom.scanner_image(images, filename)
     volume = _axial_volume(image, filename, {"format": kind, "bits": int(datasets[0].get("BitsAllocated", 16)),
-                                             "frames": sum(dicom.frame_count(dataset) for dataset in datasets)})
+                                             "frames": sum(dicom.frame_count(dataset) for dataset in datasets),
+                                             "modality": str(datasets[0].get("Modality", "")).upper() or None})
     if not dicom.records_pixel_spacing(datasets[0]):
         volume.spacing = None  # the geometry's 1 mm stands in for an unknown size: sizes stay in pixels
     return volume

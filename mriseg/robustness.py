@@ -10,15 +10,12 @@ same per-volume Dice is computed (``python -m mriseg evaluate --variant ...``):
   challenge data (float values on both sides of the background).
 
 The mask follows the geometry (nearest-neighbour in-plane, linear between slices, kept at 0.5), so Dice is taken on
-the copy's own grid.
+the copy's own grid. OpenCV and SciPy are imported when a copy is made: the CLI reads ``VARIANTS`` at start-up.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-
-from mriseg.brain_extraction import strip_skull
 
 VARIANTS = ("original", "skull-stripped", "resampled", "brats-like")
 RESAMPLED_SIDE = 240
@@ -37,6 +34,8 @@ def _resample_slices(stack: np.ndarray, factor: int) -> np.ndarray:
 
 def _place_in_plane(image: np.ndarray, interpolation: int, fill: float) -> np.ndarray:
     """Shrink a slice by IN_PLANE_SCALE and centre it on a RESAMPLED_SIDE square."""
+    import cv2
+
     height, width = image.shape
     small = cv2.resize(image, (round(width * IN_PLANE_SCALE), round(height * IN_PLANE_SCALE)),
                        interpolation=interpolation)
@@ -48,6 +47,8 @@ def _place_in_plane(image: np.ndarray, interpolation: int, fill: float) -> np.nd
 
 def resample(volume: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``resampled`` geometry of a volume and its mask (see the module docstring)."""
+    import cv2
+
     background = float(volume.min())
     images = np.stack([_place_in_plane(image, cv2.INTER_AREA, background) for image in volume.astype(np.float32)])
     masks = np.stack([_place_in_plane(mask.astype(np.float32), cv2.INTER_NEAREST, 0.0) for mask in truth])
@@ -73,6 +74,8 @@ def make_variant(volume: np.ndarray, truth: np.ndarray, variant: str) -> tuple[n
         >>> image.shape, mask.shape
         ((10, 240, 240), (10, 240, 240))
     """
+    from mriseg.brain_extraction import strip_skull
+
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
     volume = np.asarray(volume, dtype=np.float32)

@@ -280,18 +280,18 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: flo
     return bce + (1 - overlap).mean()
 
 
-def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str,
-                   skull_stripped: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and grid masks of every slice of ``cases`` (of their skull-stripped copies with
-    ``skull_stripped``; a slice the brain extraction cannot strip keeps its skull)."""
-    images, masks = [], []
+def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str, skull_stripped: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Model inputs and grid masks of every slice of ``cases``, and with ``skull_stripped`` the model inputs of their
+    skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), each patient read once."""
+    images, masks, stripped = [], [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
-        if skull_stripped:
-            volume, _ = strip_skull(volume, mask)
         images.append(preprocessor.volume_to_input(volume))
         masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
-    return np.concatenate(images), np.concatenate(masks)
+        if skull_stripped:
+            stripped.append(preprocessor.volume_to_input(strip_skull(volume, mask)[0]))
+    return np.concatenate(images), np.concatenate(masks), np.concatenate(stripped) if stripped else None
 
 
 def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -451,10 +451,8 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
     validation_cases = [cases[name] for name in split["validation"][:max_patients]]
 
     preprocessor = Preprocessor(config.preprocessing)
-    images, masks = prepare_slices(train_cases, preprocessor, "preparing training slices")
-    stripped = None
-    if config.skull_strip > 0:
-        stripped, _ = prepare_slices(train_cases, preprocessor, "skull-stripping training slices", skull_stripped=True)
+    images, masks, stripped = prepare_slices(train_cases, preprocessor, "preparing training slices",
+                                             skull_stripped=config.skull_strip > 0)
     validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
     dataset = SliceDataset(images, masks, training_augmentation(config.augmentation), stripped, config.skull_strip)
     weights = sampling_weights(masks, config.positive_fraction)

@@ -30,7 +30,7 @@ SAMPLE_SLICE = "TCGA_HT_8563_19981209_11.png"  # a gallery slice through the ven
 
 
 def warnings_for(data: bytes, name: str) -> list[str]:
-    return check_input(read_volume(data, name), data=data)
+    return check_input(read_volume(data, name))
 
 
 def png(image: np.ndarray) -> bytes:
