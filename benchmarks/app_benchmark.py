@@ -1,4 +1,5 @@
-"""App speed: re-render after a threshold change, upload-to-overlay time, concurrent browser sessions, idle CPU.
+"""App speed: threshold move to new overlay in the browser, re-render after a threshold change, upload-to-overlay
+time, concurrent browser sessions, idle CPU.
 
 Run from the repository root:  .venv/bin/python benchmarks/app_benchmark.py [--sessions 5]
 Needs Debian's chromium for the browser parts (they are skipped with a note when it is missing).
@@ -70,6 +71,50 @@ def upload_to_overlay(url: str, browser, sample: Path) -> float:
     return seconds
 
 
+# Times one key press on the threshold view's slider: from the key event to the first animation frame after the
+# overlay was redrawn (the moment the new picture can be on screen).
+WATCH_KEYS = """slider => { window.__keyAt = null;
+  slider.addEventListener('keydown', event => { window.__keyAt = performance.now(); }, {capture: true}); }"""
+FRAME_AFTER_DRAW = """canvas => new Promise(resolve => {
+  const check = () => {
+    const drawn = Number(canvas.dataset.drawnAt || 0);
+    if (window.__keyAt !== null && drawn >= window.__keyAt) {
+      requestAnimationFrame(() => resolve(performance.now() - window.__keyAt));
+    } else { requestAnimationFrame(check); }
+  };
+  check();
+})"""
+
+
+def threshold_to_overlay(url: str, browser, sessions: int, presses: int) -> list[float]:
+    """Milliseconds from a key press on the threshold slider to the redrawn overlay, over ``sessions`` pages that
+    take turns moving their sliders (each release also reruns that session on the server)."""
+    from playwright.sync_api import expect
+
+    entries = [entry for entry in sample_index() if entry["category"] != "tumour-free"]
+    pages = []
+    for index in range(sessions):
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.goto(url)
+        open_sample(page, entries[index % len(entries)])
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=300_000)
+        expect(page.locator("canvas.overlay")).to_have_count(1, timeout=300_000)  # the previous run's has gone
+        expect(page.locator("canvas.overlay")).to_have_attribute("data-threshold", "0.50", timeout=300_000)
+        slider = page.locator("input#threshold")
+        slider.evaluate(WATCH_KEYS)
+        pages.append((page, slider, page.locator("canvas.overlay")))
+    times = []
+    for press in range(presses):
+        for page, slider, canvas in pages:
+            page.bring_to_front()  # a page in the background gets no animation frames
+            slider.focus()
+            slider.press("ArrowRight" if (press // 10) % 2 == 0 else "ArrowLeft")
+            times.append(canvas.evaluate(FRAME_AFTER_DRAW))
+    for page, _, _ in pages:
+        page.context.close()
+    return times
+
+
 def concurrent_sessions(url: str, browser, sessions: int) -> dict:
     """``sessions`` pages each open a different gallery sample at once; time until every overlay shows."""
     from playwright.sync_api import expect
@@ -108,6 +153,11 @@ def main() -> None:
         return
     sample = REPO_ROOT / "samples" / "TCGA_HT_7686_19950629_10.png"
     with streamlit_server() as (url, server), launch_browser() as browser:
+        for sessions in (1, args.sessions):
+            moves = threshold_to_overlay(url, browser, sessions, presses=40)
+            print(f"threshold move -> new overlay in Chromium, {sessions} session(s) moving sliders in turn: median "
+                  f"{statistics.median(moves):.1f} ms, 90th percentile {statistics.quantiles(moves, n=10)[-1]:.1f} ms "
+                  f"({len(moves)} moves)")
         first = upload_to_overlay(url, browser, sample)
         again = upload_to_overlay(url, browser, sample)
         print(f"upload to first overlay: {first:.2f} s (new file), {again:.2f} s (same file again, cached)")

@@ -21,6 +21,7 @@ from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
 
 CONFIG_NAME = "config.json"
+LOG_MEMBER_COLUMN = "member"  # the column of an ensemble's training log naming the U-Net of each row
 WEIGHTS_NAME = "model.safetensors"
 # The keys save_bundle derives from the model and its settings; everything else in a config is the caller's.
 BUNDLE_KEYS = frozenset({"model_type", "architecture", "preprocessing", "postprocessing", "weights_sha256"})
@@ -111,3 +112,88 @@ def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto
         device=device,
         precision=precision,
     )
+
+
+# Lineage of a config: pure functions of JSON, read by the app's pages, so they live here rather than with the
+# trainer and the exporter (importing those pulls in torchvision and the training code).
+
+def context_of(preprocessing: dict | None) -> int:
+    """Neighbouring slices on each side in the input (configs from before 2.5D input have none)."""
+    return PreprocessingConfig.from_dict(preprocessing or {}).context_slices
+
+
+def normalization_of(preprocessing: dict | None) -> str:
+    """How a stage's slices were normalised: "slice", "volume" (configs from before the option: by slice)."""
+    return PreprocessingConfig.from_dict(preprocessing or {}).normalize_over
+
+
+def grid_of(preprocessing: dict | None) -> int:
+    """Side of the model grid a stage saw."""
+    return PreprocessingConfig.from_dict(preprocessing or {}).grid_size
+
+
+def trained_preprocessing(stage: dict) -> dict | None:
+    """The preprocessing a stage was trained with (an ensemble member widened to 2.5D records its own)."""
+    return stage.get("trained_preprocessing") or stage.get("preprocessing")
+
+
+def training_stages(config: dict) -> list[dict]:
+    """The runs that made these weights, oldest first: each a warm restart of the one before."""
+    stages = []
+    stage: dict | None = config
+    while stage is not None:
+        stages.append(stage)
+        stage = stage.get("initialised_from")
+    return stages[::-1]
+
+
+def stage_identity(stage: dict) -> str:
+    """What makes two recorded stages the same run: recipe, grid, context and normalisation, and the weights kept."""
+    preprocessing = trained_preprocessing(stage)
+    return json.dumps([stage["training"], stage.get("best_epoch"), stage.get("averaged_epochs"),
+                       grid_of(preprocessing), context_of(preprocessing), normalization_of(preprocessing)],
+                      sort_keys=True)
+
+
+def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, int]:
+    """Whether a member's history starts with stages of an earlier member (it was warm-restarted from weights that
+    member passed through, or ended with): (that member's number, how many stages they share), or (0, 0).
+
+    Example:
+        >>> first, second, third = ({"training": {"epochs": n, "seed": n}} for n in (1, 2, 3))
+        >>> shared_start([first, third], [[first, second]])  # branched off after the first stage
+        (1, 1)
+        >>> shared_start([third], [[first, second]])
+        (0, 0)
+    """
+    best = (0, 0)
+    for number, other in enumerate(earlier, start=1):
+        shared = 0
+        for a, b in zip(stages, other, strict=False):
+            if stage_identity(a) != stage_identity(b):
+                break
+            shared += 1
+        if best[1] < shared < len(stages):
+            best = (number, shared)
+    return best
+
+
+def member_origins(config: dict) -> list[int]:
+    """For each U-Net of an ensemble config, the number of the earlier member whose weights it started from, or 0
+    when it was trained from a random start of its own.
+
+    Example:
+        >>> scratch = {"training": {"epochs": 5, "seed": 0}}
+        >>> member_origins({"members": [scratch, {"training": {"epochs": 3, "seed": 1}, "initialised_from": scratch}]})
+        [0, 1]
+    """
+    histories = [training_stages(member) for member in member_configs(config)]
+    return [shared_start(stages, histories[:number])[0] for number, stages in enumerate(histories)]
+
+
+def log_by_member(rows: list[dict]) -> dict[int, list[dict]]:
+    """Training-log rows grouped by ensemble member (all under 1 for a single U-Net's log)."""
+    groups: dict[int, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(int(row.get(LOG_MEMBER_COLUMN) or 1), []).append(row)
+    return groups

@@ -10,15 +10,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from mriseg.input_check import check_input
 from mriseg.io import Volume, read_mask, read_volume
 from mriseg.measure import tumour_size
 from mriseg.metrics import dice, iou
 from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.preprocessing import darken_masked_background, find_head
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 CURVE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+# A Dice curve whose highest and lowest points lie closer than this is "flat": the threshold hardly matters there.
+FLAT_CURVE = 0.05
 
 
 @dataclass
@@ -81,18 +85,31 @@ def threshold_curve(probabilities: np.ndarray, truth: np.ndarray | None, postpro
 
 
 def measurements_csv(case: Case, mask: np.ndarray, threshold: float) -> str:
-    """One row per slice (tumour pixels, mm² when the spacing is known) and an ``all`` row with the volume."""
+    """One row per slice (tumour pixels, mm² when the spacing is known) and an ``all`` row with the volume.
+
+    A case with ground truth gets two more columns, ``truth_pixels`` and ``dice``: per slice, and in the ``all``
+    row for the whole volume (the per-volume Dice, all slices pooled, as on the Compare page). A slice where both
+    the mask and the truth are empty scores a Dice of 1.
+    """
     size = tumour_size(mask, case.volume)
     pixel_area = case.volume.pixel_area_mm2
+    truth = case.truth
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "slice", "threshold", "tumour_pixels", "tumour_area_mm2", "tumour_volume_ml"])
+    header = ["file", "slice", "threshold", "tumour_pixels", "tumour_area_mm2", "tumour_volume_ml"]
+    writer.writerow(header + ([] if truth is None else ["truth_pixels", "dice"]))
     for index, pixels in enumerate(size["slice_pixels"]):
         area = "" if pixel_area is None else f"{pixels * pixel_area:.2f}"
-        writer.writerow([case.name, index + 1, f"{threshold:.2f}", pixels, area, ""])
+        row = [case.name, index + 1, f"{threshold:.2f}", pixels, area, ""]
+        if truth is not None:
+            row += [int(truth[index].sum()), f"{dice(mask[index], truth[index]):.4f}"]
+        writer.writerow(row)
     total_area = "" if size["area_mm2"] is None else f"{size['area_mm2']:.2f}"
     volume = "" if size["volume_ml"] is None else f"{size['volume_ml']:.3f}"
-    writer.writerow([case.name, "all", f"{threshold:.2f}", size["pixels"], total_area, volume])
+    row = [case.name, "all", f"{threshold:.2f}", size["pixels"], total_area, volume]
+    if truth is not None:
+        row += [int(truth.sum()), f"{dice(mask, truth):.4f}"]
+    writer.writerow(row)
     return buffer.getvalue()
 
 
@@ -119,3 +136,114 @@ def slice_agreement(mask: np.ndarray, truth: np.ndarray) -> list[dict]:
         rows.append({"slice": index + 1, "truth_pixels": actual, "predicted_pixels": predicted,
                      "dice": dice(predicted_slice, true_slice), "verdict": verdict})
     return rows
+
+
+def dice_range(curve: list[dict]) -> tuple[float, float]:
+    """Lowest and highest Dice of a :func:`threshold_curve` computed with a ground truth."""
+    scores = [row["dice"] for row in curve]
+    return min(scores), max(scores)
+
+
+def is_flat(curve: list[dict]) -> bool:
+    """Whether Dice hardly changes with the threshold (less than :data:`FLAT_CURVE` between its ends)."""
+    low, high = dice_range(curve)
+    return high - low < FLAT_CURVE
+
+
+def widest_trade_off(curves: dict[str, list[dict]]) -> str | None:
+    """Of several cases' Dice curves (name -> :func:`threshold_curve`), the one whose Dice changes most with the
+    threshold: the case that shows the trade-off best. None when every curve is flat.
+
+    Example:
+        >>> flat, steep = [{"dice": 0.9}, {"dice": 0.92}], [{"dice": 0.5}, {"dice": 0.8}]
+        >>> widest_trade_off({"a.png": flat, "b.png": steep})
+        'b.png'
+    """
+    steep = {name: dice_range(curve)[1] - dice_range(curve)[0] for name, curve in curves.items() if
+             not is_flat(curve)}
+    return max(steep, key=steep.get) if steep else None
+
+
+def highest_probability_in_truth(probabilities: np.ndarray, truth: np.ndarray) -> float | None:
+    """The highest tumour probability the model gives any pixel of the ground truth; None for an empty truth.
+
+    Example:
+        >>> highest_probability_in_truth(np.array([[0.9, 0.02, 0.01]]), np.array([[False, True, True]]))
+        0.02
+    """
+    truth = np.asarray(truth, bool)
+    return float(np.asarray(probabilities)[truth].max()) if truth.any() else None
+
+
+def rescue_threshold(probabilities: np.ndarray, truth: np.ndarray, postprocessing: PostprocessingConfig,
+                     thresholds: tuple[float, ...] = CURVE_THRESHOLDS) -> float | None:
+    """The highest of ``thresholds`` (the lesson's steps, 0.05 to 0.95) at which the post-processed mask touches
+    the ground truth at all, or None when none does: then no threshold rescues the miss, and advice to lower the
+    threshold would only add false alarms. Works on a slice (H, W) or a volume (S, H, W).
+
+    Example:
+        >>> truth = np.zeros((1, 8, 8), bool); truth[0, 2:6, 2:6] = True
+        >>> probabilities = np.where(truth, 0.3, 0.0)
+        >>> rescue_threshold(probabilities, truth, PostprocessingConfig())
+        0.3
+        >>> rescue_threshold(probabilities * 0.1, truth, PostprocessingConfig()) is None  # 0.03: below every step
+        True
+    """
+    truth = np.asarray(truth, bool)
+    highest = highest_probability_in_truth(probabilities, truth)
+    if highest is None or highest < min(thresholds):
+        return None
+    for threshold in sorted(thresholds, reverse=True):
+        if threshold <= highest and (binarize(probabilities, postprocessing, threshold) & truth).any():
+            return float(threshold)
+    return None
+
+
+def missed_tumour_note(probabilities: np.ndarray, truth: np.ndarray | None, postprocessing: PostprocessingConfig,
+                       thresholds: tuple[float, ...] = CURVE_THRESHOLDS) -> str | None:
+    """A sentence for a tumour the model misses at every threshold (see :func:`rescue_threshold`), else None."""
+    if truth is None or not np.asarray(truth).any() or rescue_threshold(probabilities, truth, postprocessing,
+                                                                        thresholds) is not None:
+        return None
+    highest = highest_probability_in_truth(probabilities, truth)
+    lowest = min(thresholds)
+    why = (f"below even the lowest threshold, {lowest:.2f}" if highest < lowest else
+           "but the few pixels that reach a threshold are removed by post-processing as too small")
+    return (f"No threshold rescues this miss: the highest tumour probability the model gives any pixel inside the "
+            f"manual mask is {highest:.2g}, {why}. Lowering the threshold would only add false alarms elsewhere; "
+            "the model does not see this tumour.")
+
+
+def head_mask(volume_pixels: np.ndarray) -> np.ndarray:
+    """(S, H, W) pixels that belong to the head, holes (dark fluid, a dark lesion) included: the image background
+    is what lies outside. A blank slice has no head."""
+    slices = darken_masked_background(np.asarray(volume_pixels, np.float32).reshape(-1, *np.shape(volume_pixels)[-2:]))
+    heads = [find_head(image) for image in slices]
+    return np.stack([np.zeros(image.shape, bool) if head is None else ndimage.binary_fill_holes(head)
+                     for image, head in zip(slices, heads, strict=True)])
+
+
+def mask_fit_warning(volume_pixels: np.ndarray, truth: np.ndarray, probabilities: np.ndarray,
+                     lowest: float = CURVE_THRESHOLDS[0]) -> str | None:
+    """Why an uploaded ground-truth mask may not belong to this scan, or None when nothing looks wrong.
+
+    A mask of the same size as the scan is accepted, but one drawn on another scan scores a meaningless Dice of 0.
+    Two signs give it away: most of it (over half) lies on the image background outside the head, or none of it
+    touches what the model marks even at the ``lowest`` threshold (that can also be a tumour the model misses, so
+    the warning says both). An empty mask (no tumour) is never questioned.
+    """
+    truth = np.asarray(truth, bool).reshape(-1, *np.shape(truth)[-2:])
+    if not truth.any():
+        return None
+    outside = float((truth & ~head_mask(volume_pixels)).sum() / truth.sum())
+    if outside > 0.5:
+        return (f"{outside:.0%} of this mask lies on the image background, outside the head: it probably belongs to "
+                "another scan, or it is flipped or shifted. The metrics below would then mean nothing.")
+    answer = np.asarray(probabilities).reshape(truth.shape) >= lowest
+    if not (answer & truth).any():
+        highest = highest_probability_in_truth(probabilities, truth)
+        return (f"None of this mask touches what the model marks even at the lowest threshold, {lowest:.2f} (its "
+                f"highest probability inside the mask is {highest:.2g}). Check that the mask belongs to this scan: "
+                "a mask of another scan of the same size is accepted, and scores a Dice of 0. If it does belong, "
+                "the model missed this tumour entirely.")
+    return None

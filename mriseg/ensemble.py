@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mriseg.bundle import load_model, recipe_of, save_bundle
+from mriseg.bundle import LOG_MEMBER_COLUMN, load_model, log_by_member, recipe_of, save_bundle
 from mriseg.errors import InputError
 from mriseg.export import export_model
 from mriseg.model import UNet, UNetEnsemble, narrow_input, widen_input
@@ -26,7 +26,7 @@ from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import LOG_FIELDS, LOG_NAME
 
-MEMBER_COLUMN = "member"
+MEMBER_COLUMN = LOG_MEMBER_COLUMN
 # What each member's entry in the ensemble's config keeps of its own config: how it was made, not what the
 # ensemble holds once for all (split, preprocessing) or tunes anew (post-processing, TTA, validation metrics).
 MEMBER_DROP = ("split", "data", "tta_default", "validation_metrics")
@@ -99,14 +99,6 @@ def merged_log(folders: Sequence[str | Path]) -> str:
             for row in csv.DictReader(handle):
                 writer.writerow({MEMBER_COLUMN: number, **{key: row[key] for key in LOG_FIELDS}})
     return out.getvalue()
-
-
-def log_by_member(rows: list[dict]) -> dict[int, list[dict]]:
-    """Training-log rows grouped by ensemble member (all under 1 for a single U-Net's log)."""
-    groups: dict[int, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(int(row.get(MEMBER_COLUMN) or 1), []).append(row)
-    return groups
 
 
 def build_ensemble(folders: Sequence[str | Path], data_dir: str | Path, out_dir: str | Path, tta: bool = False,

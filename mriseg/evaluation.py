@@ -301,3 +301,8 @@ def format_comparison(comparison: dict) -> str:
     lines += [f"  {name:30s} {diff:+.4f}" for name, diff in
               sorted({**comparison["better"], **comparison["worse"]}.items(), key=lambda item: item[1])]
     return "\n".join(lines + [verdict])
+
+
+def optional(value: float | None, spec: str) -> str:
+    """A metric for the card; "n/a" where it is undefined (no tumour-free slice, nothing predicted ...)."""
+    return "n/a" if value is None else format(value, spec)

@@ -82,21 +82,48 @@ def describe(model: UNet, grid_size: int) -> list[Stage]:
     return stages
 
 
+# The diagram sits on the app's dark theme: a transparent background, light lines and labels, text as large as the
+# page's own, and dark text on the lighter fills (WCAG contrast of 4.5 or more on every box).
+DIAGRAM_FILLS = {"encoder": "#4c78a8", "bottleneck": "#b279a2", "decoder": "#f58518", "head": "#54a24b"}
+DIAGRAM_TEXT = {"encoder": "white", "bottleneck": "#111111", "decoder": "#111111", "head": "#111111"}
+DIAGRAM_LINES = "#d9d9d9"
+DIAGRAM_FONT_SIZE = 16
+
+
 def architecture_dot(stages: list[Stage]) -> str:
-    """A Graphviz drawing of the U: encoders down the left, decoders up the right, skips across."""
-    lines = ['digraph unet {', 'rankdir=TB; node [shape=box, style="rounded,filled", fontname="Helvetica"];']
-    colours = {"encoder": "#4c78a8", "bottleneck": "#b279a2", "decoder": "#f58518", "head": "#54a24b"}
+    """A Graphviz drawing of the U: encoders down the left, the bottleneck at the bottom, decoders up the right,
+    skip connections across and the head beside the last decoder, readable on a dark page.
+
+    The decoder path is written top-down with its arrows turned back, so every level of the U is one row and the
+    drawing stays about as wide as it is tall (an upward chain would stack all stages in one tall column).
+    """
+    lines = [
+        "digraph unet {",
+        'bgcolor="transparent"; rankdir=TB; nodesep=0.4; ranksep=0.35; pad=0.1;',
+        f'node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize={DIAGRAM_FONT_SIZE}, '
+        f'color="{DIAGRAM_LINES}", margin="0.15,0.06"];',
+        f'edge [color="{DIAGRAM_LINES}", fontcolor="{DIAGRAM_LINES}", fontname="Helvetica", '
+        f"fontsize={DIAGRAM_FONT_SIZE - 2}, penwidth=1.5];",
+    ]
     for stage in stages:
         label = f"{stage.name}\\n{stage.out_channels} ch, {stage.side}x{stage.side}\\n{stage.parameters:,} params"
-        lines.append(f'"{stage.name}" [label="{label}", fillcolor="{colours[stage.kind]}", fontcolor="white"];')
-    path = [stage.name for stage in stages]
-    for upper, lower in zip(path, path[1:], strict=False):
-        lines.append(f'"{upper}" -> "{lower}";')
+        lines.append(f'"{stage.name}" [label="{label}", fillcolor="{DIAGRAM_FILLS[stage.kind]}", '
+                     f'fontcolor="{DIAGRAM_TEXT[stage.kind]}"];')
     encoders = [s.name for s in stages if s.kind == "encoder"]
+    decoders = [s.name for s in stages if s.kind == "decoder"]  # deepest first, the order data flows
+    bottleneck = next(s.name for s in stages if s.kind == "bottleneck")
+    heads = [s.name for s in stages if s.kind == "head"]
+    for upper, lower in zip(encoders, encoders[1:] + [bottleneck], strict=True):
+        lines.append(f'"{upper}" -> "{lower}";')
+    for lower, upper in zip([bottleneck] + decoders, decoders, strict=False):  # drawn downwards, arrow pointing up
+        lines.append(f'"{upper}" -> "{lower}" [dir=back];')
+    for name in heads:
+        lines.append(f'"{decoders[-1]}" -> "{name}";')
     for name in encoders:
         lines.append(f'"{name}" -> "decoder {name.split()[-1]}" [style=dashed, label="skip", constraint=false];')
     for name in encoders:
-        lines.append(f'{{rank=same; "{name}"; "decoder {name.split()[-1]}";}}')
+        same_row = [f'"decoder {name.split()[-1]}"'] + [f'"{head}"' for head in heads if name == encoders[0]]
+        lines.append(f'{{rank=same; "{name}"; {"; ".join(same_row)};}}')
     lines.append("}")
     return "\n".join(lines)
 

@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-from mriseg.bundle import kept_epoch, load_model, member_configs, read_config, recipe_of, save_bundle
+from mriseg.bundle import (
+    context_of,
+    grid_of,
+    kept_epoch,
+    load_model,
+    member_configs,
+    normalization_of,
+    read_config,
+    recipe_of,
+    save_bundle,
+    shared_start,
+    trained_preprocessing,
+    training_stages,
+)
+from mriseg.bundle import member_origins as member_origins  # moved to bundle (light for the app); still importable
 from mriseg.data import find_cases
 from mriseg.evaluation import (
     calibration_text,
     interval_text,
+    optional,
     predict_cases,
     site_text,
     summarize,
@@ -312,32 +326,12 @@ def calibration_note(report: dict) -> str:
     return f"What the probability map means: {text} (`evaluation.json`, `calibration`)."
 
 
-def context_of(preprocessing: dict | None) -> int:
-    """Neighbouring slices on each side in the input (configs from before 2.5D input have none)."""
-    return PreprocessingConfig.from_dict(preprocessing or {}).context_slices
-
-
-def normalization_of(preprocessing: dict | None) -> str:
-    """How a stage's slices were normalised: "slice", "volume" (configs from before the option: by slice)."""
-    return PreprocessingConfig.from_dict(preprocessing or {}).normalize_over
-
-
 def describe_normalization(preprocessing: dict) -> str:
     """Over which head the card's input is z-scored."""
     return {"slice": "(in that slice)",
             "volume": "(in all slices of the volume together, so a slice keeps its brightness within the scan)",
             "slice+volume": "(in that slice, and again in all slices of the volume together, as separate channels: "
                             "each U-Net gets the input it was trained on)"}[normalization_of(preprocessing)]
-
-
-def grid_of(preprocessing: dict | None) -> int:
-    """Side of the model grid a stage saw."""
-    return PreprocessingConfig.from_dict(preprocessing or {}).grid_size
-
-
-def trained_preprocessing(stage: dict) -> dict | None:
-    """The preprocessing a stage was trained with (an ensemble member widened to 2.5D records its own)."""
-    return stage.get("trained_preprocessing") or stage.get("preprocessing")
 
 
 def describe_input(preprocessing: dict) -> str:
@@ -364,21 +358,6 @@ def describe_architecture(architecture: dict) -> str:
     lines += [f"  - U-Net {number}: {unet(arch)}" for number, arch in enumerate(architecture["members"], start=1)]
     lines.append(f"- Each U-Net: {block}")
     return "\n".join(lines)
-
-
-def optional(value: float | None, spec: str) -> str:
-    """A metric for the card; "n/a" where it is undefined (no tumour-free slice, nothing predicted ...)."""
-    return "n/a" if value is None else format(value, spec)
-
-
-def training_stages(config: dict) -> list[dict]:
-    """The runs that made these weights, oldest first: each a warm restart of the one before."""
-    stages = []
-    stage: dict | None = config
-    while stage is not None:
-        stages.append(stage)
-        stage = stage.get("initialised_from")
-    return stages[::-1]
 
 
 def describe_stages(stages: list[dict]) -> str:
@@ -442,50 +421,6 @@ def train_options(stage: dict, model: dict) -> str:
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")
     return "".join(f" {option}" for option in options)
-
-
-def stage_identity(stage: dict) -> str:
-    """What makes two recorded stages the same run: recipe, grid, context and normalisation, and the weights kept."""
-    preprocessing = trained_preprocessing(stage)
-    return json.dumps([stage["training"], stage.get("best_epoch"), stage.get("averaged_epochs"),
-                       grid_of(preprocessing), context_of(preprocessing), normalization_of(preprocessing)],
-                      sort_keys=True)
-
-
-def shared_start(stages: list[dict], earlier: list[list[dict]]) -> tuple[int, int]:
-    """Whether a member's history starts with stages of an earlier member (it was warm-restarted from weights that
-    member passed through, or ended with): (that member's number, how many stages they share), or (0, 0).
-
-    Example:
-        >>> first, second, third = ({"training": {"epochs": n, "seed": n}} for n in (1, 2, 3))
-        >>> shared_start([first, third], [[first, second]])  # branched off after the first stage
-        (1, 1)
-        >>> shared_start([third], [[first, second]])
-        (0, 0)
-    """
-    best = (0, 0)
-    for number, other in enumerate(earlier, start=1):
-        shared = 0
-        for a, b in zip(stages, other, strict=False):
-            if stage_identity(a) != stage_identity(b):
-                break
-            shared += 1
-        if best[1] < shared < len(stages):
-            best = (number, shared)
-    return best
-
-
-def member_origins(config: dict) -> list[int]:
-    """For each U-Net of an ensemble config, the number of the earlier member whose weights it started from, or 0
-    when it was trained from a random start of its own.
-
-    Example:
-        >>> scratch = {"training": {"epochs": 5, "seed": 0}}
-        >>> member_origins({"members": [scratch, {"training": {"epochs": 3, "seed": 1}, "initialised_from": scratch}]})
-        [0, 1]
-    """
-    histories = [training_stages(member) for member in member_configs(config)]
-    return [shared_start(stages, histories[:number])[0] for number, stages in enumerate(histories)]
 
 
 def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/data/lgg-flair",

@@ -67,7 +67,7 @@ def keep_main_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
 
 
 def fill_enclosed(mask: np.ndarray) -> np.ndarray:
-    """Fill the holes of each 2D slice of a mask.
+    """Fill the holes of each 2D slice of a mask: background not 4-connected to the slice's edge.
 
     Example:
         >>> ring = np.zeros((7, 7), bool); ring[1:6, 1:6] = True; ring[3, 3] = False
@@ -78,18 +78,36 @@ def fill_enclosed(mask: np.ndarray) -> np.ndarray:
 
     mask = np.asarray(mask, dtype=bool)
     planes = mask.reshape(-1, *mask.shape[-2:])
-    return np.stack([ndimage.binary_fill_holes(plane) if plane.any() else plane for plane in planes]).reshape(
-        mask.shape)
+    # One labelling of the background of every slice at once: connected within a slice, never across slices.
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    labels, _ = ndimage.label(~planes, structure)
+    edge = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
+    holes = (labels > 0) & ~np.isin(labels, edge)
+    return (planes | holes).reshape(mask.shape)
 
 
 def binarize(probabilities: np.ndarray, config: PostprocessingConfig = PostprocessingConfig(),
              threshold: float | None = None) -> np.ndarray:
     """Threshold probabilities (``threshold`` overrides the configured one), fill enclosed holes where configured
-    and remove small components."""
+    and remove small components.
+
+    The filters run on the rows and columns that hold any pixel above the threshold (plus a one-pixel margin of
+    background, so a hole touching that box's edge is still open to the outside): the same mask, in a fraction
+    of the time for a small tumour, which is what lets the app precompute every threshold step.
+    """
     threshold = config.threshold if threshold is None else threshold
-    mask = np.asarray(probabilities) >= threshold
+    above = np.asarray(probabilities) >= threshold
+    mask = np.zeros_like(above)
+    rows, columns = np.flatnonzero(above.any(axis=-1).reshape(-1, above.shape[-2]).any(axis=0)), \
+        np.flatnonzero(above.any(axis=-2).reshape(-1, above.shape[-1]).any(axis=0))
+    if not len(rows):
+        return mask
+    box = (..., slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(columns[0] - 1, 0), columns[-1] + 2))
+    crop = above[box]
     if config.fill_holes:
-        mask = fill_enclosed(mask)
-    slice_area = mask.shape[-1] * mask.shape[-2]
-    mask = remove_small_components(mask, int(round(config.min_component_fraction * slice_area)))
-    return keep_main_components(mask, config.min_volume_fraction)
+        crop = fill_enclosed(crop)
+    slice_area = above.shape[-1] * above.shape[-2]
+    crop = remove_small_components(crop, int(round(config.min_component_fraction * slice_area)))
+    mask[box] = keep_main_components(crop, config.min_volume_fraction)
+    return mask

@@ -33,25 +33,28 @@ def display_image(pixels: np.ndarray) -> np.ndarray:
 
 
 def overlay(image_rgb: np.ndarray, mask: np.ndarray, colour: str | tuple[int, int, int] = "red",
-            opacity: float = 0.45, style: str = "fill") -> np.ndarray:
+            opacity: float | None = None, style: str = "fill") -> np.ndarray:
     """Draw a mask on an image.
 
     Args:
         image_rgb: (H, W, 3) uint8.
         mask: (H, W) boolean.
         colour: a name from :data:`COLOURS` or an RGB triple.
-        opacity: 0 (invisible) to 1 (solid) for ``fill``.
+        opacity: 0 (invisible) to 1 (solid); None: 0.45 for ``fill``, 1 (solid) for ``contour``.
         style: ``fill`` (translucent area) or ``contour`` (2-pixel outline).
     """
+    if style not in ("fill", "contour"):
+        raise ValueError(f"style must be 'fill' or 'contour', got {style!r}")
+    if opacity is None:
+        opacity = 0.45 if style == "fill" else 1.0
     rgb = np.array(COLOURS.get(colour, colour) if isinstance(colour, str) else colour, dtype=np.float32)
     out = image_rgb.copy()
     mask = np.asarray(mask, dtype=bool)
     if style == "contour":
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in rgb), thickness=2 if min(mask.shape) >= 128 else 1)
-        return out
-    if style != "fill":
-        raise ValueError(f"style must be 'fill' or 'contour', got {style!r}")
+        outline = np.zeros(mask.shape, np.uint8)
+        cv2.drawContours(outline, contours, -1, 1, thickness=2 if min(mask.shape) >= 128 else 1)
+        mask = outline.astype(bool)
     out[mask] = ((1 - opacity) * out[mask] + opacity * rgb).round().astype(np.uint8)
     return out
 
@@ -103,3 +106,39 @@ def reformat(volume: np.ndarray, plane: str, position: int, stretch: float = 1.0
     picture = np.ascontiguousarray(picture[::-1]).astype(np.float32)
     height = max(1, int(round(picture.shape[0] * stretch)))
     return cv2.resize(picture, (picture.shape[1], height), interpolation=cv2.INTER_LINEAR)
+
+
+# Chart colours that read on the app's dark theme (.streamlit/config.toml): one colour per kind of quantity, the same
+# on every page, so Dice is never confused with IoU, or a loss with a score. From the Okabe-Ito palette, which stays
+# distinct for colour-blind readers; the threshold marker takes the theme's primary colour.
+CHART_COLOURS = {
+    "dice": "#56b4e9",  # sky blue
+    "iou": "#cc79a7",  # reddish purple
+    "loss": "#d55e00",  # vermillion (kept apart from the orange-yellow threshold)
+    "area": "#009e73",  # bluish green
+    "median": "#009e73",
+    "threshold": "#f0b429",  # the theme's primary colour: the app's threshold everywhere
+    "marker": "#d9d9d9",  # light grey: other vertical markers (restarts, best epoch)
+}
+# An ensemble's U-Nets, one shade each: losses in warm shades, validation Dice in cool ones, so a loss curve is
+# never mistaken for a score whichever U-Net it belongs to.
+MEMBER_LOSS_COLOURS = ("#d55e00", "#e69f00", "#ff9da7", "#f0e442")
+MEMBER_DICE_COLOURS = ("#56b4e9", "#009e73", "#b39ddb", "#8dd3c7")
+CHART_FONT_SIZE = 14
+
+
+def style_chart(figure, font_size: int = CHART_FONT_SIZE):
+    """A Plotly figure with text large enough to read from the back of a class (returned for chaining)."""
+    figure.update_layout(font=dict(size=font_size))
+    return figure
+
+
+def threshold_line(figure, threshold: float, label: str, position: str = "bottom right",
+                   colour: str = CHART_COLOURS["threshold"], dash: str = "dash"):
+    """A vertical line at ``threshold`` in a colour that shows on the dark theme, its label in the same colour.
+
+    Plotly's default line is black, invisible on a dark background. Returns the figure.
+    """
+    figure.add_vline(x=threshold, line_dash=dash, line_color=colour, line_width=2, annotation_text=label,
+                     annotation_position=position, annotation_font=dict(color=colour, size=CHART_FONT_SIZE))
+    return figure

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
@@ -23,14 +23,23 @@ from mriseg.case import Case, case_from_bytes, load_sample, sample_index
 from mriseg.errors import InputError
 from mriseg.explain import FeatureMaps, feature_maps
 from mriseg.inference import Probabilities, Segmenter
-from mriseg.io import SUPPORTED_EXTENSIONS
 from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.threshold_view import (
+    COMPONENT_CSS,
+    COMPONENT_HTML,
+    COMPONENT_JS,
+    THRESHOLD_STEPS,
+    ThresholdMasks,
+    data_url,
+    overlay_colour,
+    step_of,
+    threshold_masks,
+)
 from mriseg.weights import WeightsSource, resolve_weights
 
 DISCLAIMER = "For teaching and research only: not a medical device, never for diagnosis."
 PREDICTION_CACHE_ENTRIES = 24
 PREDICTION_CACHE_BYTES = 1 << 30  # probabilities of ~16 full 256-slice 256x256 volumes
-UPLOAD_TYPES = sorted({extension.lstrip(".").split(".")[-1] for extension in SUPPORTED_EXTENSIONS} | {"nii.gz"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def load_model(device: str) -> LoadedModel:
     return LoadedModel(segmenter, source, read_config(source.folder))
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def prediction_cache() -> LRUCache:
     """One bounded cache for the whole server, so memory stays flat as sessions come and go."""
     return LRUCache(PREDICTION_CACHE_ENTRIES, PREDICTION_CACHE_BYTES, size_of=_prediction_bytes)
@@ -101,13 +110,16 @@ def _prediction_bytes(prediction: Prediction) -> int:
 def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     """Probabilities for the case, from the cache or computed now with a progress bar."""
     key = (case.digest, model.version, str(model.segmenter.device), tta)
+    # One placeholder whether or not the progress bar is needed: elements after it keep their place in the page,
+    # so the next run does not rebuild them (the threshold view would lose its decoded pictures and the focus).
+    slot = st.empty()
     cache = prediction_cache()
     cached = cache.get(key)
     if cached is not None:
         return cached
     slices = case.volume.n_slices
     label = model.segmenter.device_label
-    bar = st.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
+    bar = slot.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
     started = time.perf_counter()
     probabilities = model.segmenter.predict(
         case.volume.pixels, tta=tta,
@@ -119,7 +131,7 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     return prediction
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def feature_cache() -> LRUCache:
     """Feature maps are large (all channels of every stage): keep only a few, server-wide."""
     return LRUCache(8, 256 << 20, size_of=lambda maps: sum(a.nbytes for a in maps.maps.values()))
@@ -140,6 +152,93 @@ def current_mask(model: LoadedModel, prediction: Prediction, threshold: float) -
     return binarize(prediction.probabilities.mean, model.postprocessing, threshold)
 
 
+@st.cache_resource(show_spinner=False)
+def threshold_cache() -> LRUCache:
+    """The packed masks of every threshold step are small PNGs: keep as many cases as the prediction cache."""
+    return LRUCache(PREDICTION_CACHE_ENTRIES, 256 << 20, size_of=lambda masks: masks.nbytes)
+
+
+def masks_for_every_threshold(model: LoadedModel, case: Case, prediction: Prediction, tta: bool) -> ThresholdMasks:
+    """The case's masks at every threshold step, packed for the browser; computed once per prediction."""
+    key = (case.digest, model.version, str(model.segmenter.device), tta)
+    slot = st.empty()  # as in predict(): the same page layout whether or not the masks are computed now
+    cache = threshold_cache()
+    masks = cache.get(key)
+    if masks is None:
+        with slot, st.spinner("Preparing the threshold slider…"):
+            masks = threshold_masks(prediction.probabilities.mean, model.postprocessing)
+        cache.put(key, masks)
+    return masks
+
+
+_THRESHOLD_VIEW = st.components.v2.component("mriseg_threshold_view", html=COMPONENT_HTML, css=COMPONENT_CSS,
+                                             js=COMPONENT_JS)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image for the threshold view: its PNG and caption."""
+
+    png: bytes
+    caption: str
+
+
+def _threshold_from_view() -> None:
+    """The view's slider was released: its value becomes the shared threshold, and the whole page reruns."""
+    chosen = st.session_state["threshold_view"]["threshold"]
+    if chosen is not None:
+        st.session_state["threshold"] = float(chosen)
+        st.session_state["threshold_moved_in_view"] = True
+
+
+def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: float, image: Picture,
+                   heat: Picture, input_picture: Picture | None = None, colour: str = "red", opacity: float = 0.45,
+                   style: str = "fill", presenter: bool = False, tta: bool = False) -> None:
+    """The overlay with a threshold slider that redraws in the browser; the released value becomes the threshold.
+
+    Args:
+        case: the case shown (its digest keys the decoded pictures in the browser).
+        masks: :func:`masks_for_every_threshold` of the case.
+        index: the slice shown.
+        threshold: the shared threshold the slider starts at.
+        image: the slice as displayed (the overlay is drawn on it).
+        heat: the probability heat map shown beside it.
+        input_picture: the slice without overlay, shown first when given.
+        colour, opacity, style: how the mask is drawn (style "fill" or "contour").
+        presenter: larger text, pictures sized to leave the numbers on a projector screen.
+        tta: whether the probabilities include the mirror pass (part of the pictures' identity).
+    """
+    volume = case.volume
+    data = {
+        "pictures_key": f"{case.digest}:{index}:{tta}",
+        "image_url": data_url(image.png),
+        "masks_url": data_url(masks.slice_pngs[index]),
+        "tiles": masks.tiles,
+        "steps": list(THRESHOLD_STEPS),
+        "step": step_of(threshold),
+        "colour": overlay_colour(colour),
+        "opacity": float(opacity),
+        "style": style,
+        "slice_counts": masks.slice_counts[index].astype(int).tolist(),
+        "volume_counts": masks.volume_counts if volume.n_slices > 1 else None,
+        "pixel_area_mm2": volume.pixel_area_mm2,
+        "voxel_ml": volume.voxel_volume_ml,
+        "overlay_caption": image.caption,
+        "heat_url": data_url(heat.png),
+        "heat_caption": heat.caption,
+        "input_url": None if input_picture is None else data_url(input_picture.png),
+        "input_caption": None if input_picture is None else input_picture.caption,
+        # A projector's pictures leave room for the numbers below them; a laptop's stay within its screen.
+        "picture_height": "calc(100vh - 26rem)" if presenter else "calc(100vh - 22rem)",
+        "caption_size": "1.3rem" if presenter else "0.9rem",
+        "reading_size": "1.6rem" if presenter else "1.1rem",
+    }
+    _THRESHOLD_VIEW(data=data, key="threshold_view", default={"threshold": None},
+                    on_threshold_change=_threshold_from_view)
+    if st.session_state.pop("threshold_moved_in_view", False):
+        st.rerun()  # from inside a fragment: rerun the whole page, whose numbers follow the threshold
+
+
 @dataclass(frozen=True)
 class View:
     """What every page needs to know: the model and the shared settings."""
@@ -150,11 +249,15 @@ class View:
     presenter: bool
 
 
+# Streamlit's default top margin (6rem) would push a laptop's overlay below the fold.
+BASE_CSS = "<style>.stMainBlockContainer {padding-top: 3rem;}</style>"
+
 # Body text grows for the back row; headings and metric values keep their larger size over it (their text sits in
 # the same <p> and <span> elements, so each rule names its own elements and everything inside them).
 PRESENTER_CSS = """<style>
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] {display: none;}
-.stMainBlockContainer {max-width: 100%; padding-top: 1rem;}
+.stMainBlockContainer {max-width: 100%; padding-top: 4.5rem; padding-bottom: 2rem;}
+header[data-testid="stHeader"] * {font-size: 1.15rem;}
 .stMainBlockContainer p, .stMainBlockContainer label, .stMainBlockContainer span,
 .stMainBlockContainer [data-baseweb="select"] div {font-size: 1.3rem;}
 .stMainBlockContainer h1, .stMainBlockContainer h1 * {font-size: 3.2rem !important;}
@@ -186,12 +289,39 @@ def _copy_presenter_threshold() -> None:
     st.session_state["threshold"] = st.session_state["presenter_threshold"]
 
 
-def sidebar() -> None:
+def _leave_presenter_on_escape() -> None:
+    if st.session_state["escape_key"]["pressed"]:
+        _set_presenter(False)
+
+
+# Widgets Streamlit forgets when their page is not shown; kept alive on every page so a student who looks at
+# Metrics and comes back finds the same scan source and display settings.
+REMEMBERED_WIDGETS = ("source", "opacity", "colour", "style")
+
+_ESCAPE_KEY = st.components.v2.component("mriseg_escape_key", js="""
+export default function (component) {
+  const { setTriggerValue } = component;
+  const onKey = (event) => { if (event.key === 'Escape') setTriggerValue('pressed', true); };
+  document.addEventListener('keydown', onKey);
+  return () => document.removeEventListener('keydown', onKey);
+}
+""")
+
+
+def sidebar(page_title: str = "") -> None:
     """Model source and version, device (with an override when CUDA exists), the shared settings.
 
-    In presenter mode the sidebar is still drawn (so its widgets keep their values) but hidden, and a toolbar
-    with larger controls and a one-click "next sample" sits on top of the page instead.
+    In presenter mode the sidebar is still drawn (so its widgets keep their values) but hidden; the pages are
+    listed along the top (see ``app.py``), and a toolbar with the threshold (the Segment page has its own, under
+    the picture), a one-click "next sample" and the way out (also the Esc key) sits on top of the page.
+
+    Args:
+        page_title: the page being shown.
     """
+    for key in REMEMBERED_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    st.html(BASE_CSS)
     with st.sidebar:
         st.markdown("### :material/neurology: mriseg")
         if torch.cuda.is_available():
@@ -207,23 +337,26 @@ def sidebar() -> None:
         st.toggle("Uncertainty (mirror test-time augmentation)", key="tta",
                   help="Also segment the left-right mirrored scan and show where the two answers disagree")
         st.button("Presenter mode", icon=":material/co_present:", on_click=_set_presenter, args=(True,),
-                  help="Large text and images for a projector, sidebar hidden, one click to the next sample")
+                  help="Large text and pictures for a projector, pages along the top, one click to the next "
+                       "sample; Esc leaves it")
         st.caption(f"Running on **{model.segmenter.device_label}**")
         st.caption(f"Model {model.version} · {model.describe_source()}")
         st.caption(DISCLAIMER)
     if st.session_state.get("presenter"):
-        presenter_toolbar()
+        presenter_toolbar(threshold_here=page_title != "Segment")
 
 
-def presenter_toolbar() -> None:
+def presenter_toolbar(threshold_here: bool = True) -> None:
+    """The presenter's controls on one row: threshold (where the page has none of its own), next sample, exit."""
     st.html(PRESENTER_CSS)
-    columns = st.columns([3, 1, 1])
-    st.session_state["presenter_threshold"] = st.session_state["threshold"]
-    columns[0].slider("Threshold", 0.05, 0.95, step=0.01, key="presenter_threshold",
-                      on_change=_copy_presenter_threshold)
-    columns[1].button("Next sample", icon=":material/skip_next:", on_click=open_next_sample, type="primary",
-                      width="stretch")
-    columns[2].button("Exit presenter mode", on_click=_set_presenter, args=(False,), width="stretch")
+    _ESCAPE_KEY(key="escape_key", on_pressed_change=_leave_presenter_on_escape, height=0)
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        if threshold_here:
+            st.session_state["presenter_threshold"] = st.session_state["threshold"]
+            st.slider("Threshold", 0.05, 0.95, step=0.01, key="presenter_threshold",
+                      on_change=_copy_presenter_threshold, width=520)
+        st.button("Next sample", icon=":material/skip_next:", on_click=open_next_sample, type="primary")
+        st.button("Exit presenter mode (Esc)", icon=":material/close:", on_click=_set_presenter, args=(False,))
 
 
 def open_next_sample() -> None:
@@ -246,14 +379,23 @@ def current_case() -> Case | None:
     return st.session_state.get("case")
 
 
-def set_case(case: Case | None) -> None:
+def set_case(case: Case | None, uploaded: bool = False) -> None:
+    """Show ``case`` from now on (None: nothing); ``uploaded`` says it came from the user's own file."""
     st.session_state["case"] = case
+    st.session_state["case_uploaded"] = uploaded and case is not None
     st.session_state.pop("slice", None)
 
 
 def set_truth(case: Case) -> None:
     """Replace the current case by the same scan with ground truth attached (keeps the slice position)."""
     st.session_state["case"] = case
+
+
+def drop_uploaded_truth() -> None:
+    """Forget a mask the user uploaded (a rejected new one must not leave the old one's numbers on screen)."""
+    case = current_case()
+    if case is not None and (case.truth_source or "").startswith("uploaded"):
+        st.session_state["case"] = replace(case, truth=None, truth_source=None)
 
 
 def require_case() -> Case:
@@ -335,14 +477,22 @@ def _open_upload(uploaded: UploadedFile) -> None:
     limit_mb = st.get_option("server.maxUploadSize")
     if uploaded.size > limit_mb * 1024 * 1024:
         raise InputError(f"{uploaded.name}: {uploaded.size / 2**20:.0f} MB is over the upload limit of {limit_mb} MB")
-    set_case(case_from_bytes(uploaded.getvalue(), uploaded.name))
+    set_case(case_from_bytes(uploaded.getvalue(), uploaded.name), uploaded=True)
 
 
 def upload_box() -> None:
-    """File upload; a bad file shows its problem and leaves the page usable for the next one."""
+    """File upload; a bad file clears the old result and shows its problem, and the page stays usable.
+
+    Every file type is let through to the reader: filtered in the browser, a .txt or .pdf would get a red chip
+    with no word of what is wrong, and the previous result would stay on screen as if it belonged to it.
+    """
     uploaded = st.file_uploader(
-        "MRI file", type=UPLOAD_TYPES, key="upload",
+        "MRI file", key="upload",
         help="PNG, JPEG, BMP, TIFF (multi-page = a stack), DICOM (.dcm, or a .zip of one series), NIfTI (.nii, "
              ".nii.gz). A 3-channel TIFF in the Kaggle LGG layout gives its FLAIR channel.",
     )
     process_upload(uploaded, "upload", _open_upload, on_error=lambda: set_case(None))
+    case = current_case()
+    if uploaded is None and case is not None and st.session_state.get("case_uploaded"):
+        # The uploader forgets its file when the student visits another page; the scan itself is kept.
+        st.caption(f":material/upload_file: Showing your upload **{case.name}**; choose another file to replace it.")

@@ -5,10 +5,29 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from mriseg import webapp
-from mriseg.case import slice_agreement, threshold_curve, with_truth
+from mriseg.case import (
+    dice_range,
+    is_flat,
+    load_sample,
+    mask_fit_warning,
+    missed_tumour_note,
+    sample_index,
+    slice_agreement,
+    threshold_curve,
+    widest_trade_off,
+    with_truth,
+)
 from mriseg.metrics import compare
 from mriseg.postprocessing import binarize
-from mriseg.visualize import ERROR_COLOURS, display_image, error_map, overlay
+from mriseg.visualize import (
+    CHART_COLOURS,
+    ERROR_COLOURS,
+    display_image,
+    error_map,
+    overlay,
+    style_chart,
+    threshold_line,
+)
 
 view = webapp.context()
 model, threshold = view.model, view.threshold
@@ -16,12 +35,13 @@ st.title("Compare with ground truth")
 case = webapp.require_case()
 
 uploaded = st.file_uploader(
-    "Ground-truth mask (optional)", type=webapp.UPLOAD_TYPES, key="truth_upload",
+    "Ground-truth mask (optional)", key="truth_upload",
     help="A binary mask (PNG/TIFF/NIfTI...) with the same shape as the scan: 0 for background, any one "
          "value for tumour.",
 )
 webapp.process_upload(uploaded, "truth_upload",
-                      lambda file: webapp.set_truth(with_truth(case, file.getvalue(), file.name)))
+                      lambda file: webapp.set_truth(with_truth(case, file.getvalue(), file.name)),
+                      on_error=webapp.drop_uploaded_truth)
 case = webapp.current_case()  # with the uploaded ground truth, when one was accepted just now
 
 if case.truth is None:
@@ -36,6 +56,12 @@ report = compare(mask, truth, volume.spacing)
 
 st.caption(f"{case.name} · ground truth: {case.truth_source} · threshold {threshold:.2f}"
            + (" · all slices pooled (per-volume metrics)" if volume.n_slices > 1 else ""))
+fit = None
+if case.truth_source and case.truth_source.startswith("uploaded mask"):
+    # A mask of another scan of the same size passes the shape check and scores a meaningless Dice: question it.
+    fit = mask_fit_warning(volume.pixels, truth, prediction.probabilities.mean)
+    if fit:
+        st.warning(fit, icon=":material/help:")
 cards = st.columns(6)
 cards[0].metric("Dice", f"{report.dice:.3f}")
 cards[1].metric("IoU", f"{report.iou:.3f}")
@@ -63,12 +89,12 @@ def slice_by_slice(index: int) -> None:
                   hovertemplate="slice %{x}: %{y} px, Dice %{customdata[0]:.2f} (%{customdata[1]})<extra></extra>")
     chart.add_bar(x=slices, y=[row["predicted_pixels"] for row in rows], name="prediction", marker_color="#d62728",
                   hovertemplate="slice %{x}: %{y} px predicted<extra></extra>")
-    chart.add_vline(x=index + 1, line_dash="dot", line_color="#f0b429")
+    chart.add_vline(x=index + 1, line_dash="dot", line_color=CHART_COLOURS["threshold"], line_width=2)
     chart.update_layout(title="Tumour pixels per slice (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", barmode="group", height=280, margin=dict(t=40, b=40),
                         legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    st.plotly_chart(chart, key="agreement_chart", on_select=webapp.slice_jumper("agreement_chart", "compare_slice"),
-                    selection_mode="points")
+    st.plotly_chart(style_chart(chart), key="agreement_chart",
+                    on_select=webapp.slice_jumper("agreement_chart", "compare_slice"), selection_mode="points")
     missed = [row["slice"] for row in rows if row["verdict"] == "missed"]
     alarms = [row["slice"] for row in rows if row["verdict"] == "false alarm"]
     with_tumour = sum(row["truth_pixels"] > 0 for row in rows)
@@ -117,24 +143,93 @@ curve = threshold_curve(prediction.probabilities.mean, truth, model.postprocessi
 lesson_thresholds = [row["threshold"] for row in curve]
 
 
+def nearest_step(value: float) -> float:
+    return min(lesson_thresholds, key=lambda step: abs(step - value))
+
+
 def step_lesson(delta: int) -> None:
-    position = lesson_thresholds.index(st.session_state["lesson_threshold"])
-    st.session_state["lesson_threshold"] = lesson_thresholds[(position + delta) % len(lesson_thresholds)]
+    """One step up or down; the steps stop at 0.05 and 0.95 rather than wrap around to the other end."""
+    position = lesson_thresholds.index(nearest_step(st.session_state["lesson_threshold"]))
+    position = min(max(position + delta, 0), len(lesson_thresholds) - 1)
+    st.session_state["lesson_threshold"] = lesson_thresholds[position]
 
 
-st.session_state.setdefault("lesson_threshold", lesson_thresholds[-1])
-# A row sized by its content: fixed-width columns cut the labels to "Lo…" and "Hi…" on a laptop screen.
-with st.container(horizontal=True, vertical_alignment="center"):
-    st.button("Lower", icon=":material/arrow_back:", on_click=step_lesson, args=(-1,))
-    st.button("Higher", icon=":material/arrow_forward:", on_click=step_lesson, args=(1,))
-    playing = st.toggle("Play (steps down)", key="lesson_play")
+def start_play() -> None:
+    """Play shows its starting point first; turned on at the lowest step, it plays the lesson again from the top."""
+    if st.session_state["lesson_play"]:
+        st.session_state["lesson_play_fresh"] = True
+        if st.session_state["lesson_threshold"] == lesson_thresholds[0]:
+            st.session_state["lesson_threshold"] = lesson_thresholds[-1]
+
+
+def gallery_trade_offs(exclude: str) -> dict[str, list[dict]]:
+    """The Dice curves of the gallery samples with tumour (but ``exclude``), computed once per session and model;
+    their predictions come from (and stay in) the server's prediction cache."""
+    store = st.session_state.setdefault("gallery_curves", {})
+    key = (model.version, view.tta)
+    if key not in store:
+        curves = {}
+        with st.spinner("Looking for a gallery sample that shows the trade-off…"):
+            for entry in sample_index():
+                if entry["tumour_pixels"]:
+                    sample = load_sample(entry)
+                    probabilities = webapp.predict(model, sample, tta=view.tta).probabilities.mean
+                    curves[entry["image"]] = threshold_curve(probabilities, sample.truth, model.postprocessing)
+        store[key] = curves
+    return {name: rows for name, rows in store[key].items() if name != exclude}
+
+
+def curve_note() -> None:
+    """Why the lesson shows little on this case, when it does: a tumour missed at every threshold, or a flat curve.
+    Nothing when the mask itself was questioned above: then neither says anything about the model."""
+    if fit:
+        return
+    missed = missed_tumour_note(prediction.probabilities.mean, truth, model.postprocessing)
+    if missed:
+        st.info(missed, icon=":material/visibility_off:")
+        return
+    if not is_flat(curve):
+        return
+    low, high = dice_range(curve)
+    note = (f"On this case Dice hardly changes with the threshold ({low:.2f} to {high:.2f}): the model is sure of "
+            "almost every pixel.")
+    others = gallery_trade_offs(case.name)
+    suggestion = widest_trade_off(others)
+    if suggestion is None:
+        st.info(note + " Try another scan to see the trade-off.")
+        return
+    entry = next(entry for entry in sample_index() if entry["image"] == suggestion)
+    other_low, other_high = dice_range(others[suggestion])
+    st.info(note + f" Open a case with a faint edge, e.g. the gallery's {webapp.sample_label(entry)} "
+                   f"({suggestion}, Dice {other_low:.2f} to {other_high:.2f}), to see the trade-off.")
+    st.button(f"Open {suggestion}", icon=":material/swap_horiz:", key="lesson_suggestion",
+              on_click=lambda: webapp.set_case(load_sample(entry)))
+
+
+curve_note()
+# The lesson starts where the app's threshold is (the nearest step); a finished Play turns itself off here, before
+# its toggle is drawn (a widget's value cannot be changed once it is on the page).
+st.session_state.setdefault("lesson_threshold", nearest_step(threshold))
+if st.session_state.pop("lesson_play_done", False):
+    st.session_state["lesson_play"] = False
+playing = st.toggle("Play (steps down to the lowest threshold)", key="lesson_play", on_change=start_play)
 
 
 @st.fragment(run_every=1.2 if playing else None)
 def threshold_lesson() -> None:
-    if playing:
+    if playing and not st.session_state.pop("lesson_play_fresh", False):
         step_lesson(-1)
-    lesson = st.session_state["lesson_threshold"]
+        if st.session_state["lesson_threshold"] == lesson_thresholds[0]:
+            st.session_state["lesson_play_done"] = True
+            st.rerun()  # the whole page: the toggle turns off and the timer stops
+    lesson = nearest_step(st.session_state["lesson_threshold"])
+    st.session_state["lesson_threshold"] = lesson
+    # Inside the fragment, so the buttons know where the slider is after it moved; they stop at the ends.
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button("Lower", icon=":material/arrow_back:", on_click=step_lesson, args=(-1,),
+                  disabled=lesson == lesson_thresholds[0], key="lesson_lower")
+        st.button("Higher", icon=":material/arrow_forward:", on_click=step_lesson, args=(1,),
+                  disabled=lesson == lesson_thresholds[-1], key="lesson_higher")
     st.select_slider("Lesson threshold", options=lesson_thresholds, key="lesson_threshold")
     index = st.session_state.get("compare_slice", 1) - 1 if volume.n_slices > 1 else 0
     lesson_mask = binarize(prediction.probabilities.mean, model.postprocessing, lesson)
@@ -149,14 +244,14 @@ def threshold_lesson() -> None:
     counts[1].metric("False positives", f"{false_positive:,} px")
     counts[2].metric("False negatives", f"{false_negative:,} px")
     figure = go.Figure()
-    figure.add_scatter(x=lesson_thresholds, y=[row["dice"] for row in curve], mode="lines+markers", name="Dice")
-    figure.add_scatter(x=[lesson], y=[curve[point]["dice"]], mode="markers", marker=dict(size=16, color="#f0b429"),
-                       name="lesson threshold")
-    figure.add_vline(x=threshold, line_dash="dash", annotation_text="app threshold",
-                     annotation_position="bottom right")  # at the top it would sit on the Dice curve
+    figure.add_scatter(x=lesson_thresholds, y=[row["dice"] for row in curve], mode="lines+markers", name="Dice",
+                       line_color=CHART_COLOURS["dice"])
+    figure.add_scatter(x=[lesson], y=[curve[point]["dice"]], mode="markers", name="lesson threshold",
+                       marker=dict(size=16, symbol="diamond", color="white", line=dict(color="black", width=1)))
+    threshold_line(figure, threshold, "app threshold")  # at the bottom: at the top it would sit on the Dice curve
     figure.update_layout(xaxis_title="threshold", yaxis_title="Dice", yaxis_range=[0, 1.02], height=300,
                          margin=dict(t=20, b=40))
-    right.plotly_chart(figure, key="lesson_curve")
+    right.plotly_chart(style_chart(figure), key="lesson_curve")
 
 
 threshold_lesson()

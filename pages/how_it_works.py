@@ -4,9 +4,8 @@ import numpy as np
 import streamlit as st
 
 from mriseg import webapp
-from mriseg.bundle import member_configs
+from mriseg.bundle import member_configs, member_origins, training_stages
 from mriseg.explain import architecture_dot, describe, member_normalization
-from mriseg.export import member_origins, training_stages
 from mriseg.model import unet_grid, unet_members
 from mriseg.visualize import display_image
 
@@ -16,7 +15,7 @@ segmenter = model.segmenter
 grid = segmenter.preprocessor.config.grid_size
 unets = unet_members(segmenter.model)
 
-st.title("How the U-Net sees")
+st.title("How it works: what the U-Net sees")  # begins with its navigation label
 st.markdown(
     f"The model is a **U-Net**: an *encoder* shrinks the {grid}x{grid} input step by step while learning more and "
     "more abstract features (edges, then textures, then 'bright swollen tissue'), a *bottleneck* sees the whole "
@@ -64,9 +63,10 @@ if member_normalization(segmenter, member) == "volume":
                 "itself would dim the tumour.")
 stages = describe(unets[member], grid)
 
-left, right = st.columns([2, 3])
-left.graphviz_chart(architecture_dot(stages))
-right.dataframe(
+# The diagram gets a row of its own: squeezed into a column it was scaled down to unreadably small text.
+st.graphviz_chart(architecture_dot(stages), width="content")
+left, right = st.columns([3, 2])
+left.dataframe(
     [{"stage": s.name, "channels in → out": f"{s.in_channels} → {s.out_channels}", "size": f"{s.side}x{s.side}",
       "parameters": s.parameters, "receptive field (px)": s.receptive_field} for s in stages],
     hide_index=True,

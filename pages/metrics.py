@@ -8,64 +8,71 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+# Light modules only: mriseg.export and mriseg.ensemble would import the trainer (and torchvision) on first visit.
 from mriseg import webapp
-from mriseg.bundle import kept_epoch, member_configs
-from mriseg.case import threshold_curve
-from mriseg.ensemble import log_by_member
-from mriseg.evaluation import calibration_text, interval_text
-from mriseg.export import optional
+from mriseg.bundle import kept_epoch, log_by_member, member_configs
+from mriseg.case import mask_fit_warning, missed_tumour_note, threshold_curve
+from mriseg.evaluation import calibration_text, interval_text, optional
+from mriseg.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS, style_chart, threshold_line
 
 
 def single_curves(curves: go.Figure, rows: list[dict], config: dict) -> None:
     """One U-Net's history: loss and validation Dice, its warm restarts and the epochs it kept."""
     epochs = [int(row["epoch"]) for row in rows]
-    curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)")
+    curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], name="training loss (BCE + Dice)",
+                       line_color=CHART_COLOURS["loss"])
     curves.add_scatter(x=epochs, y=[float(row["val_dice_mean"]) for row in rows], name="validation per-volume Dice",
-                       yaxis="y2")
+                       yaxis="y2", line_color=CHART_COLOURS["dice"])
     lineage = config.get("initialised_from")
     while lineage:  # each warm restart reset the learning rate: mark where, so the dip after it makes sense
         restart = kept_epoch(lineage) + 0.5
-        curves.add_vline(x=restart, line_dash="dash", line_color="gray", annotation_text="warm restart",
-                         annotation_position="bottom right")
+        threshold_line(curves, restart, "warm restart", colour=CHART_COLOURS["marker"])
         lineage = lineage.get("initialised_from")
     averaged = config.get("averaged_epochs")
     if averaged:
-        curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.15, line_width=0,
-                         annotation_text=f"weights of epochs {averaged[0]}-{averaged[-1]} averaged")
+        curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.2, line_width=0,
+                         fillcolor=CHART_COLOURS["marker"],
+                         annotation_text=f"weights of epochs {averaged[0]}-{averaged[-1]} averaged",
+                         annotation_font_color=CHART_COLOURS["marker"])
     else:
         best = config.get("best_epoch") or epochs[int(np.argmax([float(row["val_dice_mean"]) for row in rows]))]
-        curves.add_vline(x=best, line_dash="dot", annotation_text=f"best epoch {best}")
+        threshold_line(curves, best, f"best epoch {best}", position="top right", colour=CHART_COLOURS["marker"],
+                       dash="dot")
 
 
 def ensemble_curves(curves: go.Figure, groups: dict[int, list[dict]], members: list[dict]) -> None:
     """Each ensemble member's history, with a star on the epoch whose weights it contributes."""
     for number, rows in groups.items():
+        loss_colour = MEMBER_LOSS_COLOURS[(number - 1) % len(MEMBER_LOSS_COLOURS)]
+        dice_colour = MEMBER_DICE_COLOURS[(number - 1) % len(MEMBER_DICE_COLOURS)]
         epochs = [int(row["epoch"]) for row in rows]
         dice_by_epoch = {int(row["epoch"]): float(row["val_dice_mean"]) for row in rows}
         curves.add_scatter(x=epochs, y=[float(row["train_loss"]) for row in rows], line_dash="dot",
-                           name=f"U-Net {number}: training loss")
-        curves.add_scatter(x=epochs, y=list(dice_by_epoch.values()), yaxis="y2",
+                           line_color=loss_colour, name=f"U-Net {number}: training loss (dotted)")
+        curves.add_scatter(x=epochs, y=list(dice_by_epoch.values()), yaxis="y2", line_color=dice_colour,
                            name=f"U-Net {number}: validation per-volume Dice")
         kept = kept_epoch(members[number - 1])
         if kept in dice_by_epoch:
             curves.add_scatter(x=[kept], y=[dice_by_epoch[kept]], yaxis="y2", mode="markers",
-                               marker=dict(symbol="star", size=14), name=f"U-Net {number}: kept epoch {kept}")
+                               marker=dict(symbol="star", size=14, color=dice_colour,
+                                           line=dict(color="white", width=1)),
+                               name=f"U-Net {number}: kept epoch {kept}")
 
 
 def reliability_figure(calibration: dict) -> go.Figure:
     """Predicted probability against the tumour fraction observed, bin by bin, beside the perfect diagonal."""
     rows = [row for row in calibration["bins"] if row["pixels"]]
     figure = go.Figure()
-    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dash", line_color="gray",
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dash", line_color=CHART_COLOURS["marker"],
                        name="perfectly calibrated", hoverinfo="skip")
     figure.add_scatter(x=[row["mean_probability"] for row in rows], y=[row["tumour_fraction"] for row in rows],
-                       mode="lines+markers", name="this model",
+                       mode="lines+markers", name="this model", line_color=CHART_COLOURS["dice"],
                        text=[f"{row['low']:.1f}-{row['high']:.1f}: {row['pixels']:,} pixels" for row in rows],
                        hovertemplate="%{text}<br>predicted %{x:.2f}, tumour %{y:.2f}<extra></extra>")
     figure.update_layout(title="Does a probability of 0.8 mean 80%?", xaxis_title="predicted tumour probability",
                          yaxis_title="fraction of those pixels that are tumour", xaxis_range=[0, 1],
                          yaxis_range=[0, 1.02], height=380, legend=dict(orientation="h", y=-0.25, x=0))
-    return figure
+    return style_chart(figure)
 
 
 def site_figure(per_site: dict) -> go.Figure:
@@ -73,11 +80,11 @@ def site_figure(per_site: dict) -> go.Figure:
     sites = list(per_site)
     figure = go.Figure(go.Bar(x=sites, y=[per_site[site]["mean"] for site in sites],
                               text=[f"{per_site[site]['n_patients']} patient{'s' * (per_site[site]['n_patients'] > 1)}"
-                                    for site in sites], textposition="outside",
+                                    for site in sites], textposition="outside", marker_color=CHART_COLOURS["dice"],
                               hovertemplate="%{x}: mean %{y:.3f}<extra></extra>"))
     figure.update_layout(title="Per-volume Dice by scanner site", xaxis_title="site (TCGA institution code)",
                          yaxis_title="mean Dice", yaxis_range=[0, 1.1], height=380)
-    return figure
+    return style_chart(figure)
 
 
 view = webapp.context()
@@ -95,26 +102,33 @@ else:
     thresholds = [row["threshold"] for row in curve]
     figure = go.Figure()
     if case.truth is not None:
-        figure.add_scatter(x=thresholds, y=[row["dice"] for row in curve], name="Dice", mode="lines+markers")
-        figure.add_scatter(x=thresholds, y=[row["iou"] for row in curve], name="IoU", mode="lines+markers")
+        figure.add_scatter(x=thresholds, y=[row["dice"] for row in curve], name="Dice", mode="lines+markers",
+                           line_color=CHART_COLOURS["dice"])
+        figure.add_scatter(x=thresholds, y=[row["iou"] for row in curve], name="IoU", mode="lines+markers",
+                           line_color=CHART_COLOURS["iou"], line_dash="dash", marker_symbol="square")
         figure.update_layout(yaxis_title="score", yaxis_range=[0, 1.02])
         st.caption(f"{case.name}: overlap with the ground truth ({case.truth_source}) at each threshold.")
     else:
         figure.add_scatter(x=thresholds, y=[row["predicted_pixels"] for row in curve], name="predicted area",
-                           mode="lines+markers")
+                           mode="lines+markers", line_color=CHART_COLOURS["area"])
         figure.update_layout(yaxis_title="tumour pixels")
         st.caption(f"{case.name} has no ground truth: predicted tumour area at each threshold.")
-    figure.add_vline(x=threshold, line_dash="dash", annotation_text=f"current {threshold:.2f}",
-                     annotation_position="bottom right")  # at the top it would sit on the Dice curve
+    threshold_line(figure, threshold, f"current {threshold:.2f}")  # at the bottom: at the top it would sit on Dice
     figure.update_layout(xaxis_title="threshold", height=360, margin=dict(t=30, b=40))
-    st.plotly_chart(figure, key="case_curve")
+    st.plotly_chart(style_chart(figure), key="case_curve")
+    uploaded = (case.truth_source or "").startswith("uploaded mask")
+    fit = mask_fit_warning(case.volume.pixels, case.truth, probabilities) if uploaded else None
+    # A flat Dice of 0 is either a mask that does not belong to the scan, or a tumour no threshold rescues.
+    note = fit or missed_tumour_note(probabilities, case.truth, model.postprocessing)
+    if note:
+        st.warning(note, icon=":material/help:" if fit else ":material/visibility_off:")
     if case.truth is None:
         values = probabilities[probabilities > 0.01]
-        histogram = go.Figure(go.Histogram(x=values, nbinsx=50))
-        histogram.add_vline(x=threshold, line_dash="dash")
+        histogram = go.Figure(go.Histogram(x=values, nbinsx=50, marker_color=CHART_COLOURS["area"]))
+        threshold_line(histogram, threshold, f"current {threshold:.2f}", position="top right")
         histogram.update_layout(xaxis_title="tumour probability (pixels above 0.01)", yaxis_title="pixels",
                                 yaxis_type="log", height=300, margin=dict(t=30, b=40))
-        st.plotly_chart(histogram, key="case_histogram")
+        st.plotly_chart(style_chart(histogram), key="case_histogram")
 
 st.header("The model")
 folder = model.source.folder
@@ -146,26 +160,28 @@ if interval:
 left, right = st.columns(2)
 patients = report["patients"]
 strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
-                         pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+                         pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>",
+                         marker_color=CHART_COLOURS["dice"], line_color=CHART_COLOURS["dice"]))
 if interval:
     mean, (low, high) = report["per_volume_dice"]["mean"], interval
     strip.add_scatter(x=["mean, 95% interval"], y=[mean], mode="markers", marker_size=10,
+                      marker_color=CHART_COLOURS["threshold"],
                       error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low]),
                       hovertemplate=f"mean {mean:.3f}, 95% interval {low:.3f}-{high:.3f}<extra></extra>")
 strip.update_layout(showlegend=False)
 strip.update_layout(title="Per-patient Dice", yaxis_title="Dice", yaxis_range=[0, 1.02], height=380)
-left.plotly_chart(strip, key="patients_strip")
+left.plotly_chart(style_chart(strip), key="patients_strip")
 sweep = report["threshold_sweep"]
 sweep_figure = go.Figure()
 sweep_figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volume_dice_mean"] for row in sweep],
-                         name="mean", mode="lines+markers")
+                         name="mean", mode="lines+markers", line_color=CHART_COLOURS["dice"])
 if "per_volume_dice_median" in sweep[0]:
     sweep_figure.add_scatter(x=[row["threshold"] for row in sweep],
-                             y=[row["per_volume_dice_median"] for row in sweep], name="median", mode="lines+markers")
-sweep_figure.add_vline(x=threshold, line_dash="dash", annotation_text="current",
-                       annotation_position="bottom right")
+                             y=[row["per_volume_dice_median"] for row in sweep], name="median", mode="lines+markers",
+                             line_color=CHART_COLOURS["median"], line_dash="dash")
+threshold_line(sweep_figure, threshold, "current")
 sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=380)
-right.plotly_chart(sweep_figure, key="sweep")
+right.plotly_chart(style_chart(sweep_figure), key="sweep")
 
 # Reports written before calibration and sites were added (an older Hub revision of the weights) lack them.
 if "calibration" in report and "per_site" in report:
@@ -192,6 +208,6 @@ if log_path.exists():
                                      tick0=0, dtick=0.2, showgrid=False), height=440,
                          # below the plot: at its right the legend would cover the Dice axis
                          legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
-    st.plotly_chart(curves, key="training_curves")
+    st.plotly_chart(style_chart(curves), key="training_curves")
 with st.expander(f"Validation patients ({len(validation)})"):
     st.write(", ".join(validation))

@@ -1,5 +1,6 @@
 """Segment page: pick a sample or upload a scan, see the overlay and heat map, measure, download."""
 
+import cv2
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -8,14 +9,15 @@ from mriseg import webapp
 from mriseg.case import measurements_csv, slice_agreement
 from mriseg.io import mask_to_nifti, mask_to_png
 from mriseg.measure import tumour_size
+from mriseg.threshold_view import THRESHOLD_STEPS
 from mriseg.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
 
 view = webapp.context()
 model, threshold = view.model, view.threshold
-st.title("Segment a brain MRI")
-st.caption(f"A U-Net marks the FLAIR abnormality of lower-grade glioma. {webapp.DISCLAIMER}")
-
-if not view.presenter:
+if not view.presenter:  # on a projector the page list along the top names the page; the picture needs the room
+    st.title("Segment a brain MRI")
+    st.caption(f"A U-Net marks the FLAIR abnormality of lower-grade glioma. {webapp.DISCLAIMER}")
+    st.session_state.setdefault("source", "Sample gallery")
     if st.radio("Scan", ["Sample gallery", "Upload a file"], horizontal=True, key="source") == "Sample gallery":
         # A different label once a case is open makes a new, collapsed expander, so the result moves up.
         no_case = webapp.current_case() is None
@@ -36,21 +38,86 @@ mask = webapp.current_mask(model, prediction, threshold)
 size = tumour_size(mask, case.volume)
 
 
-def truth_note(agreement: dict) -> str:
-    """One sentence on how this slice's mask compares with the manual one, so a miss is not mistaken for a bug."""
+def truth_note(agreement: dict, highest_inside: float) -> str:
+    """One sentence on how this slice's mask compares with the reference, so a miss is not mistaken for a bug.
+
+    Args:
+        agreement: this slice's row of :func:`slice_agreement`.
+        highest_inside: the highest tumour probability the model gave inside the reference on this slice.
+    """
     truth, predicted = agreement["truth_pixels"], agreement["predicted_pixels"]
+    uploaded = (case.truth_source or "").startswith("uploaded")
+    reference = "your uploaded mask" if uploaded else "the data set's manual mask"
     compare_link = "open **Compare with ground truth** for the error map"
     if agreement["verdict"] == "overlap":
-        return (f":material/compare: The data set's manual mask marks {truth:,} px on this slice, the model "
+        return (f":material/compare: {reference.capitalize()} marks {truth:,} px on this slice, the model "
                 f"{predicted:,} px: Dice {agreement['dice']:.2f}; {compare_link}.")
     if agreement["verdict"] == "missed":
-        return (f":material/error: The manual mask marks {truth:,} px of tumour on this slice, but at threshold "
-                f"{threshold:.2f} the model marks none: **a miss**. Look at the heat map for where the model "
-                f"hesitated, lower the threshold, or {compare_link}.")
+        lowest = THRESHOLD_STEPS[0]
+        if highest_inside < lowest:  # no position of the slider brings it back: say so, not "lower the threshold"
+            advice = (f"No threshold rescues it: the model's highest probability inside it is {highest_inside:.2f}, "
+                      f"below the lowest threshold ({lowest:.2f}). The model did not see this tumour at all; "
+                      f"{compare_link}.")
+        else:
+            advice = (f"Only a threshold below {highest_inside:.2f} (the model's highest probability inside it) "
+                      f"can mark part of it; the heat map shows where the model hesitated, or {compare_link}.")
+        return (f":material/error: {reference.capitalize()} marks {truth:,} px of tumour on this slice, but at "
+                f"threshold {threshold:.2f} the model marks none: **a miss**. {advice}")
     if agreement["verdict"] == "false alarm":
-        return (f":material/error: The manual mask marks no tumour on this slice, but the model marks {predicted:,} "
-                f"px: **a false alarm**. Raise the threshold to see it go, or {compare_link}.")
-    return ":material/check_circle: The manual mask marks no tumour on this slice, and neither does the model."
+        return (f":material/error: {reference.capitalize()} marks no tumour on this slice, but the model marks "
+                f"{predicted:,} px: **a false alarm**. Raise the threshold to see it go, or {compare_link}.")
+    return (f":material/check_circle: {reference.capitalize()} marks no tumour on this slice, and neither does the "
+            "model.")
+
+
+def measurements(index: int) -> None:
+    """The numbers under (or, on a projector, beside) the pictures, and how the slice compares with a reference."""
+    volume, probabilities = case.volume, prediction.probabilities
+    slice_pixels = size["slice_pixels"][index]
+    area_mm2 = volume.pixel_area_mm2
+    area = f"{slice_pixels:,} px" + ("" if area_mm2 is None else f" · {slice_pixels * area_mm2:,.1f} mm²")
+    if view.presenter:  # one number for the back row: the slice's area, or the volume of a whole scan
+        if volume.n_slices > 1 and size["volume_ml"] is not None:
+            st.metric("Tumour volume", f"{size['volume_ml']:.2f} mL")
+        else:
+            st.metric("Tumour area, this slice", area)
+    else:
+        metrics = st.columns(3)
+        metrics[0].metric("Tumour area, this slice", area)
+        if volume.n_slices > 1:
+            metrics[1].metric("Tumour, all slices", f"{size['pixels']:,} px")
+            if size["volume_ml"] is None:  # a short dash: a sentence here would be cut off at this width
+                metrics[2].metric("Tumour volume", "—", help="The file records no voxel spacing, so the volume in "
+                                  "mL is unknown. NIfTI and DICOM files carry it; PNG and TIFF stacks do not.")
+            else:
+                metrics[2].metric("Tumour volume", f"{size['volume_ml']:.2f} mL")
+        notes = [f"Segmented in {prediction.seconds:,.1f} s on this server's {prediction.device.split(',')[0]}; "
+                 "moving the threshold reuses that answer."]
+        if area_mm2 is None:
+            notes.append("This file records no pixel spacing, so sizes are in pixels only.")
+        st.caption(" ".join(notes))
+    if case.truth is not None:
+        inside = probabilities.mean[index][case.truth[index]]
+        agreement = slice_agreement(mask[index : index + 1], case.truth[index : index + 1])[0]
+        st.markdown(truth_note(agreement, float(inside.max()) if inside.size else 0.0))
+
+
+def uncertainty_view(image: np.ndarray, index: int) -> None:
+    """Where the mirror pass disagrees, and which pixels a small threshold move would flip."""
+    probabilities = prediction.probabilities
+    st.markdown("**Where the model is unsure.** With uncertainty on, the model also segments the left-right "
+                "mirrored scan and averages the two answers, so the outline and its area can shift by a few "
+                "pixels. Left: how far apart the two probabilities are, in the colours of the probability map "
+                "(black to dark purple: they agree, orange to yellow: they disagree). Right, in cyan: pixels whose "
+                "probability is "
+                "within ±0.1 of the threshold, so a small move of the slider would flip them; for a confident "
+                "model they are a thin rim along the outline.")
+    columns = st.columns(3 if not view.presenter else 2)
+    columns[0].image(heatmap(np.clip(probabilities.std[index] * 2, 0, 1), image),
+                     caption="Disagreement between the two views: |original − mirrored|", width="stretch")
+    flips = near_threshold(probabilities.mean[index], threshold)
+    columns[1].image(overlay(image, flips, "cyan", 0.8), caption=f"{int(flips.sum()):,} pixels within ±0.1 of "
+                     "the threshold (cyan): a small move of the slider flips them", width="stretch")
 
 
 @st.fragment
@@ -59,59 +126,37 @@ def result_view() -> None:
     volume = case.volume
     probabilities = prediction.probabilities
     st.subheader(case.name)
+    row = st.columns([5, 1], vertical_alignment="bottom")
     if volume.n_slices > 1:
         st.session_state.setdefault("slice", (size["largest_slice"] or volume.n_slices // 2) + 1)
-        index = st.slider("Slice", 1, volume.n_slices, key="slice",
-                          help="Starts on the slice with the largest predicted tumour") - 1
+        index = row[0].slider("Slice", 1, volume.n_slices, key="slice",
+                              help="Starts on the slice with the largest predicted tumour") - 1
     else:
         index = 0
-    controls = st.columns(3)
-    opacity = controls[0].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
-    colour = controls[1].selectbox("Colour", list(COLOURS), key="colour")
-    style = controls[2].radio("Style", ["fill", "contour"], horizontal=True, key="style")
+    with row[1].popover("Display", icon=":material/palette:", width="stretch"):
+        # Defaults go into the session state, not the widgets: the app keeps these values across pages.
+        for name, default in (("opacity", 0.45), ("colour", "red"), ("style", "fill")):
+            st.session_state.setdefault(name, default)
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity")
+        colour = st.selectbox("Colour", list(COLOURS), key="colour")
+        style = st.radio("Style", ["fill", "contour"], horizontal=True, key="style")
 
     image = display_image(volume.pixels[index])
-    overlaid = overlay(image, mask[index], colour, opacity, style)
     probability_map = heatmap(probabilities.mean[index], image)
-    if view.presenter:  # two large pictures for a projector
-        columns = st.columns(2)
-        columns[0].image(overlaid, caption=f"Tumour at threshold {threshold:.2f}", width="stretch")
-        columns[1].image(probability_map, caption="Tumour probability (dark: 0, yellow: 1)", width="stretch")
-    else:
-        columns = st.columns(3)
-        columns[0].image(image, caption="Input (normalised as the model sees it)", width="stretch")
-        columns[1].image(overlaid, caption=f"Tumour at threshold {threshold:.2f}", width="stretch")
-        columns[2].image(probability_map, caption="Tumour probability (dark: 0, yellow: 1)", width="stretch")
-
+    # On a projector the numbers stand beside the pictures, so all of it fits one 1920x1080 screen.
+    picture_area, number_area = st.columns([4, 1]) if view.presenter else (st.container(), st.container())
+    with picture_area:
+        webapp.threshold_view(
+            case, webapp.masks_for_every_threshold(model, case, prediction, view.tta), index, threshold,
+            image=webapp.Picture(to_png(image), "Tumour at threshold {threshold}"),
+            heat=webapp.Picture(to_png(probability_map), "Tumour probability (dark: 0, yellow: 1)"),
+            input_picture=None if view.presenter else webapp.Picture(to_png(image), "Input, as the model sees it"),
+            colour=colour, opacity=opacity, style=style, presenter=view.presenter, tta=view.tta,
+        )
+    with number_area:
+        measurements(index)
     if probabilities.std is not None:
-        st.markdown("**Where the model is unsure.** The model also segmented the mirrored scan: bright pixels on "
-                    "the left are where the two answers disagree, and the cyan pixels on the right have a "
-                    "probability within ±0.1 of the threshold, so a small change would flip their decision.")
-        columns = st.columns(3 if not view.presenter else 2)
-        columns[0].image(heatmap(np.clip(probabilities.std[index] * 2, 0, 1), image),
-                         caption="Disagreement between the views (standard deviation x 2)", width="stretch")
-        flips = near_threshold(probabilities.mean[index], threshold)
-        columns[1].image(overlay(image, flips, "cyan", 0.8), caption=f"{int(flips.sum()):,} pixels within ±0.1 of "
-                         f"the threshold", width="stretch")
-
-    metrics = st.columns(4)
-    slice_pixels = size["slice_pixels"][index]
-    area_mm2 = volume.pixel_area_mm2
-    area = f"{slice_pixels:,} px" + ("" if area_mm2 is None else f" · {slice_pixels * area_mm2:,.1f} mm²")
-    metrics[0].metric("Tumour area, this slice", area)
-    if volume.n_slices > 1:
-        metrics[1].metric("Tumour, all slices", f"{size['pixels']:,} px")
-        if size["volume_ml"] is None:  # a short dash: a sentence here would be cut off at this width
-            metrics[2].metric("Tumour volume", "—", help="The file records no voxel spacing, so the volume in mL "
-                              "is unknown. NIfTI and DICOM files carry it; PNG and TIFF stacks do not.")
-        else:
-            metrics[2].metric("Tumour volume", f"{size['volume_ml']:.2f} mL")
-    metrics[3].metric(f"Inference on {prediction.device}", f"{prediction.seconds * 1000:,.0f} ms",
-                      help="Time of the forward pass for this file; later views reuse the result")
-    if area_mm2 is None:
-        st.caption("This file records no pixel spacing, so sizes are in pixels only.")
-    if case.truth is not None:
-        st.markdown(truth_note(slice_agreement(mask[index : index + 1], case.truth[index : index + 1])[0]))
+        uncertainty_view(image, index)
 
     if volume.n_slices > 1:
         volume_views(volume, mask, size, index)
@@ -124,9 +169,21 @@ def result_view() -> None:
     else:
         downloads[0].download_button("Mask (NIfTI)", mask_to_nifti(mask, volume), f"{stem}_mask.nii.gz",
                                      "application/gzip")
-    downloads[1].download_button("Overlay (PNG)", to_png(overlaid), f"{stem}_overlay.png", "image/png")
+    # Twice the scan's size, so the outline stays sharp on a slide; named with its slice.
+    large_image = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    large_mask = cv2.resize(mask[index].astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST) > 0
+    large = overlay(large_image, large_mask, colour, opacity, style)
+    name = f"{stem}_slice{index + 1:03d}_overlay.png" if volume.n_slices > 1 else f"{stem}_overlay.png"
+    downloads[1].download_button("Overlay (PNG)", to_png(large), name, "image/png")
     downloads[2].download_button("Measurements (CSV)", measurements_csv(case, mask, threshold),
                                  f"{stem}_measurements.csv", "text/csv")
+
+
+def mark_slice(picture: np.ndarray, index: int, n_slices: int) -> None:
+    """Draw a dashed yellow line across a reformat (slice 1 at the bottom) where axial slice ``index`` lies."""
+    row = min(picture.shape[0] - 1, int((n_slices - 1 - index + 0.5) * picture.shape[0] / n_slices))
+    dashes = (np.arange(picture.shape[1]) // 6) % 2 == 0
+    picture[row, dashes] = (240, 180, 41)
 
 
 def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
@@ -150,8 +207,10 @@ def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
     for picture, plane, position in ((pictures[0], "coronal", row), (pictures[1], "sagittal", column)):
         image = reformat(volume.pixels, plane, position, stretch)
         outline = reformat(mask.astype(np.float32), plane, position, stretch) > 0.5
-        picture.image(overlay(display_image(image), outline, "red", style="contour"),
-                      caption=f"{plane.capitalize()} reformat, top of the head up", width="stretch")
+        drawn = overlay(display_image(image), outline, "red", style="contour")
+        mark_slice(drawn, index, volume.n_slices)
+        picture.image(drawn, caption=f"{plane.capitalize()} reformat, top of the head up; the dashed line is "
+                      f"slice {index + 1}", width="stretch")
     if volume.spacing is None:
         st.caption("This file records no slice spacing: the reformats assume slices 4 times thicker than a pixel, "
                    "for display only; proportions may be off.")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch  # noqa: F401  (warm import, see module docstring)
+
+from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
@@ -125,3 +128,33 @@ def head_phantom(size: int = 96, seed: int = 0) -> np.ndarray:
     blob = (yy - 0.4 * size) ** 2 + (xx - 0.6 * size) ** 2 < (0.1 * size) ** 2
     image = np.where(head, 100 + 20 * rng.random((size, size)), 2 * rng.random((size, size)))
     return (image + 80 * blob).astype(np.float32)
+
+
+# The app served on 127.0.0.1 and Debian's Chromium, one of each per browser-test module.
+def require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to run browser tests"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The running app: (url, server process)."""
+    require_chromium()
+    with streamlit_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    with launch_browser() as chromium:
+        yield chromium

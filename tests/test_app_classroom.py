@@ -73,38 +73,45 @@ def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segment
     probabilities = segmenter.predict(load_sample(entry).volume.pixels, tta=True).mean
     flips = int(near_threshold(probabilities[0], threshold).sum())
     captions = image_captions(at)
-    assert f"{flips:,} pixels within ±0.1 of the threshold" in captions
-    assert "Disagreement between the views (standard deviation x 2)" in captions
+    assert f"{flips:,} pixels within ±0.1 of the threshold (cyan): a small move of the slider flips them" in captions
+    assert "Disagreement between the two views: |original − mirrored|" in captions
 
 
 def test_threshold_lesson_steps_and_counts(segmenter):
     entry = entry_of("large")
     at = open_sample(start(), entry["image"])
+    at.slider(key="threshold").set_value(0.5).run()
     at.switch_page("pages/compare.py").run()
-    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.95)
-    at.button[next(i for i, b in enumerate(at.button) if b.label == "Lower")].click().run()
-    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.90)
+    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.50)  # starts at the app's threshold
+    at.button(key="lesson_lower").click().run()
+    assert at.select_slider(key="lesson_threshold").value == pytest.approx(0.45)
     case = load_sample(entry)
     probabilities = segmenter.predict(case.volume.pixels).mean
-    lesson = binarize(probabilities, segmenter.postprocessing, 0.90)
+    lesson = binarize(probabilities, segmenter.postprocessing, 0.45)
     assert metric(at, "False positives") == f"{int((lesson & ~case.truth).sum()):,} px"
     assert metric(at, "False negatives") == f"{int((~lesson & case.truth).sum()):,} px"
     dices = [m.value for m in at.metric if m.label == "Dice"]
     assert f"{dice(lesson, case.truth):.3f}" in dices
 
 
-def test_presenter_mode_next_sample_and_exit():
+def test_presenter_mode_next_sample_other_pages_and_exit(segmenter):
+    """Presenter mode: next sample, the one number for the back row, the threshold on pages without their own
+    threshold view, and the way back."""
     entries = sample_index()
     at = open_sample(start(), entries[0]["image"])
     at.button[next(i for i, b in enumerate(at.button) if b.label == "Presenter mode")].click().run()
     assert not at.exception, at.exception
-    assert at.slider(key="presenter_threshold").value == at.slider(key="threshold").value
+    assert not [s for s in at.slider if s.key == "presenter_threshold"]  # the Segment page has its own, in view
     at.button[next(i for i, b in enumerate(at.button) if b.label == "Next sample")].click().run()
     assert at.subheader[0].value == entries[1]["image"]
+    case = load_sample(entries[1])
+    expected = int(expected_mask(segmenter, case.volume.pixels, at.slider(key="threshold").value).sum())
+    assert [m.value for m in at.metric] == [f"{expected:,} px"]  # one number, large
+    at.switch_page("pages/compare.py").run()
+    assert at.slider(key="presenter_threshold").value == at.slider(key="threshold").value
     at.slider(key="presenter_threshold").set_value(0.7).run()
     assert at.slider(key="threshold").value == pytest.approx(0.7)  # one threshold for every page and mode
-    assert "Tumour at threshold 0.70" in image_captions(at)
-    at.button[next(i for i, b in enumerate(at.button) if b.label == "Exit presenter mode")].click().run()
+    at.button[next(i for i, b in enumerate(at.button) if b.label.startswith("Exit presenter mode"))].click().run()
     assert not [s for s in at.slider if s.key == "presenter_threshold"]
 
 
@@ -118,7 +125,9 @@ def test_volume_reformats_and_slice_chart(segmenter):
     assert at.slider(key="coronal_row").value == int(np.median(rows)) + 1
     assert at.slider(key="sagittal_column").value == int(np.median(columns)) + 1
     captions = image_captions(at)
-    assert "Coronal reformat, top of the head up" in captions and "Sagittal reformat, top of the head up" in captions
+    line = f"the dashed line is slice {index + 1}"
+    assert f"Coronal reformat, top of the head up; {line}" in captions
+    assert f"Sagittal reformat, top of the head up; {line}" in captions
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert chart["data"][0]["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()
 

@@ -9,43 +9,12 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 
-import pytest
 from conftest import REPO_ROOT, SAMPLES
 
-from mriseg.devtools import CHROMIUM, cpu_seconds, launch_browser, open_sample, streamlit_server
+from mriseg.devtools import cpu_seconds, open_sample
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def require_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    message = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to run browser tests"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def served():
-    """The running app: (url, server process)."""
-    require_chromium()
-    with streamlit_server() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(served):
-    return served[0]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    with launch_browser() as chromium:
-        yield chromium
 
 
 def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
@@ -101,7 +70,7 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
 
     # How it works: the architecture and the live feature maps of this scan.
     page.get_by_role("link", name="How it works").click()
-    expect(page.get_by_role("heading", name="How the U-Net sees")).to_be_visible()
+    expect(page.get_by_role("heading", name="How it works: what the U-Net sees")).to_be_visible()
     expect(page.get_by_text("skip connection (from the encoder)")).to_be_visible()
     expect(page.get_by_text(re.compile(r"^channel \d+$")).first).to_be_visible()
     page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
@@ -161,19 +130,22 @@ def test_presenter_mode_enlarges_text_and_keeps_headings_and_numbers_larger(serv
     page.goto(server)
     open_sample(page, slice_samples[0])
     expect(page.get_by_text(re.compile(r"^Tumour at threshold"))).to_be_visible()
-    intro = page.get_by_text("A U-Net marks the FLAIR abnormality", exact=False).first
-    body_before = font_size(intro)
+    note = page.get_by_text("on this slice", exact=False).first  # the sentence on the manual mask
+    body_before = font_size(note)
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
     page.get_by_role("button", name="Presenter mode").click()
-    expect(page.get_by_role("button", name="Exit presenter mode")).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("Exit presenter mode"))).to_be_visible()
     expect(page.get_by_test_id("stSidebar")).to_be_hidden()
 
-    body = font_size(intro)
-    title = font_size(page.locator("h1 [data-heading-text]").first)
+    body = font_size(note)
+    name = page.get_by_role("heading", name=slice_samples[0]["image"])  # the case's name
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(name).to_have_count(1)  # the previous layout's copy has gone
+    heading = font_size(name)
     label = font_size(page.get_by_test_id("stMetricLabel").locator("p").first)
     value = font_size(page.get_by_test_id("stMetricValue").locator("p").first)
     assert body > body_before, "presenter mode should enlarge the body text for the back row"
-    assert title >= 2 * body, f"the title ({title} px) should stand well above the text ({body} px)"
+    assert heading >= 1.4 * body, f"the heading ({heading} px) should stand above the text ({body} px)"
     assert value >= 2 * label, f"a metric's number ({value} px) should stand well above its label ({label} px)"
     page.close()
 

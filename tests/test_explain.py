@@ -1,7 +1,10 @@
 """Architecture description and feature maps, checked against the model's own layers."""
 
+import re
+
 import numpy as np
 import pytest
+from test_visualize import DARK_BACKGROUND, contrast
 
 from mriseg.explain import architecture_dot, describe, feature_maps
 from mriseg.model import UNetConfig, create_model, unet_grid, unet_members
@@ -29,6 +32,32 @@ def test_receptive_field_by_hand():
 def test_dot_has_every_stage_and_the_skips():
     dot = architecture_dot(describe(create_model(UNetConfig(base_width=4, depth=2)), 64))
     assert dot.count('style=dashed, label="skip"') == 2 and '"bottleneck"' in dot
+
+
+def test_dot_reads_on_the_dark_theme():
+    stages = describe(create_model(UNetConfig()), 256)
+    dot = architecture_dot(stages)
+    assert 'bgcolor="transparent"' in dot  # not a white box on the dark page
+    assert int(re.search(r"node \[[^]]*fontsize=(\d+)", dot).group(1)) >= 14
+    edge = re.search(r"edge \[([^]]*)\]", dot).group(1)
+    for colour in re.findall(r'color="(#[0-9a-f]{6})"', edge):  # lines and the "skip" labels, on the page itself
+        assert contrast(colour, DARK_BACKGROUND) >= 4.5
+    nodes = re.findall(r'"([^"]+)" \[label="[^"]*", fillcolor="(#[0-9a-f]{6})", fontcolor="([^"]+)"\]', dot)
+    assert [name for name, _, _ in nodes] == [stage.name for stage in stages]
+    names = {"white": "#ffffff"}
+    for name, fill, text in nodes:  # each box's text against its own fill
+        assert contrast(names.get(text, text), fill) >= 4.5, name
+
+
+def test_dot_draws_a_u_as_wide_as_it_is_deep():
+    """Each encoder shares a row with its decoder (the decoder chain is written downwards, arrows turned back),
+    so the drawing has depth + 1 rows, not one tall column of every stage."""
+    depth = 4
+    dot = architecture_dot(describe(create_model(UNetConfig(depth=depth)), 256))
+    for level in range(1, depth + 1):
+        assert re.search(rf'{{rank=same; "encoder {level}"; "decoder {level}"', dot)
+    upward = re.findall(r'"(decoder \d|bottleneck)" -> "(decoder \d|bottleneck)"(.*);', dot)
+    assert len(upward) == depth and all("dir=back" in attributes for _, _, attributes in upward)
 
 
 def test_feature_maps_have_the_layer_shapes(segmenter):

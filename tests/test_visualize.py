@@ -1,7 +1,33 @@
 import numpy as np
 import pytest
 
-from mriseg.visualize import ERROR_COLOURS, display_image, error_map, heatmap, overlay, to_png
+from mriseg.visualize import (
+    CHART_COLOURS,
+    COLOURS,
+    ERROR_COLOURS,
+    MEMBER_DICE_COLOURS,
+    MEMBER_LOSS_COLOURS,
+    display_image,
+    error_map,
+    heatmap,
+    overlay,
+    style_chart,
+    threshold_line,
+    to_png,
+)
+
+DARK_BACKGROUND = "#0e1117"  # Streamlit's dark theme (.streamlit/config.toml: base = "dark")
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two #rrggbb colours (1 = none, 21 = black on white)."""
+    def luminance(colour: str) -> float:
+        channels = [int(colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
 
 
 def gray(size=64):
@@ -28,8 +54,17 @@ def test_contour_overlay_draws_the_outline_only():
     out = overlay(np.full((256, 256, 3), 100, np.uint8), mask, "green", style="contour")
     assert (out[100, 100] == 100).all()  # inside untouched
     assert (out[50, 100] != 100).any()  # edge coloured
+    assert tuple(out[50, 100]) == COLOURS["green"]  # solid by default
     with pytest.raises(ValueError, match="style"):
         overlay(gray(), mask[:64, :64], style="dots")
+
+
+def test_contour_follows_the_opacity_it_is_given():
+    mask = np.zeros((256, 256), bool)
+    mask[50:150, 50:150] = True
+    faint = overlay(np.full((256, 256, 3), 100, np.uint8), mask, "green", opacity=0.3, style="contour")
+    expected = np.round(0.7 * 100 + 0.3 * np.array(COLOURS["green"])).astype(np.uint8)
+    assert (faint[50, 100] == expected).all()
 
 
 def test_error_map_colours_each_kind():
@@ -57,3 +92,24 @@ def test_z_scored_stripped_slice_shows_a_dark_background():
     brain[16:48, 16:48] = np.random.default_rng(0).normal(0, 1, (32, 32))
     shown = display_image(brain)[..., 0]
     assert shown[0, 0] == shown.min() and shown[16:48, 16:48].mean() > shown[0, 0] + 50
+
+
+def test_chart_colours_read_on_the_dark_theme_and_stay_apart():
+    for name, colour in CHART_COLOURS.items():
+        assert contrast(colour, DARK_BACKGROUND) >= 4.5, name  # WCAG AA for text, ample for lines
+    for colour in MEMBER_LOSS_COLOURS + MEMBER_DICE_COLOURS:
+        assert contrast(colour, DARK_BACKGROUND) >= 4.5, colour
+    # quantities drawn on one chart never share a colour
+    assert len({CHART_COLOURS[name] for name in ("dice", "iou", "loss", "threshold", "marker")}) == 5
+    assert not set(MEMBER_LOSS_COLOURS) & set(MEMBER_DICE_COLOURS)
+
+
+def test_threshold_line_is_visible_and_labelled_in_its_colour():
+    import plotly.graph_objects as go
+
+    figure = style_chart(threshold_line(go.Figure(go.Scatter(x=[0, 1], y=[0, 1])), 0.5, "current 0.50"))
+    line = figure.layout.shapes[0]
+    assert line.x0 == 0.5 and line.line.color == CHART_COLOURS["threshold"]  # plotly's default is black
+    annotation = figure.layout.annotations[0]
+    assert annotation.text == "current 0.50" and annotation.font.color == CHART_COLOURS["threshold"]
+    assert figure.layout.font.size >= 14
