@@ -5,7 +5,7 @@
 Does the model travel to a scanner it never saw? Each split trains on four of the LGG set's sites and scores the
 fifth (EZ, with one patient, is too small to score alone and always trains). A U-Net trained on one of these splits
 still picks its epoch on the held-out site, so its score there is slightly optimistic; the site's gap to the others
-is the point. `leave_one_site_out.runs` trains one U-Net per split on a lent GPU (`train_on_device.sh`).
+is the point. `runs/leave-one-site-out.runs` trains one U-Net per split on a lent GPU (`train_on_device.sh`).
 """
 
 from __future__ import annotations

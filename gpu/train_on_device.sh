@@ -3,7 +3,7 @@
 # weights and logs (split into 15 MiB parts under $OUT), then check the GPU inference path with `bench`.
 #
 #   here:   .venv/bin/python gpu/pack_data.py ../shared/data/lgg-flair .gpu/data.tgz   (.gpu/ in .git/info/exclude)
-#   device: bash gpu/train_on_device.sh gpu/first_call.runs     (carry .gpu; timeout 600 s)
+#   device: bash gpu/train_on_device.sh gpu/runs/NAME.runs     (carry .gpu; timeout 600 s)
 #   here:   cat OUT/results.tar.part* | tar x -C runs/gpu && python -m mriseg export --run runs/gpu/NAME ...
 #
 # A runs file holds one run per line: a name, then its `train` options. Every run gets COMMON_OPTIONS and a

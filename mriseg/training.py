@@ -569,8 +569,8 @@ def _epoch_pace(epoch_seconds: list[float], recent: int = 3) -> float | None:
     """Seconds an epoch takes, from the last ``recent`` epochs of this call; None before its second epoch.
 
     The call's first epoch is left out: it carries the start-up (cuDNN trying its convolutions, the first worker
-    processes, the GPU warming up), 18 s against 7 s for the next ones on a lent H100. Counted in, it made runs
-    fit 37 epochs into a budget that held about 60, and a fitted schedule never grows again.
+    processes, the GPU warming up) and can take more than twice as long as the next ones; counted in, it would
+    fit far fewer epochs than the budget holds, and a fitted schedule never grows again.
 
     Example:
         >>> _epoch_pace([18.0]) is None

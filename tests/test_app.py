@@ -23,6 +23,8 @@ from mriseg.metrics import compare, dice
 from mriseg.postprocessing import binarize
 from mriseg.webapp import sample_button_key
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 120
 
 

@@ -19,6 +19,8 @@ from mriseg.model import unet_grid, unet_members
 from mriseg.postprocessing import binarize
 from mriseg.visualize import near_threshold
 
+pytestmark = pytest.mark.slow
+
 
 def image_captions(at) -> list[str]:
     return [caption for image in at.get("image") for caption in image.captions]

@@ -24,6 +24,8 @@ from mriseg.case import (
 )
 from mriseg.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS
 
+pytestmark = pytest.mark.slow
+
 # The gallery's largest tumour (the model is sure of it: Dice barely moves with the threshold), a small one the model
 # misses at every threshold, and a medium one in another head (its mask has the same 256x256 size).
 LARGE, MISSED, OTHER = ("TCGA_HT_8563_19981209_11.png", "TCGA_DU_A5TP_19970614_33.png",

@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mriseg.averaging import average_state_dicts, recompute_batch_norm
 from mriseg.model import UNetConfig, create_model
 
+pytestmark = pytest.mark.slow
+
 
 def test_average_is_the_mean_of_floats_and_keeps_the_last_counter():
     first = {"weight": torch.tensor([1.0, 2.0]), "num_batches_tracked": torch.tensor(3)}

@@ -108,6 +108,7 @@ def test_reader_refuses_with_a_message(name, data, expected):
     assert "Traceback" not in message and len(message) < 600
 
 
+@pytest.mark.slow
 def test_cli_reports_every_bad_file_and_goes_on(tmp_path, capsys):
     paths = []
     for name, data, _ in CORPUS:

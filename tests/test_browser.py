@@ -10,9 +10,12 @@ import re
 import shutil
 import time
 
+import pytest
 from conftest import REPO_ROOT, SAMPLES
 
 from mriseg.devtools import cpu_seconds, open_sample
+
+pytestmark = pytest.mark.browser
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 

@@ -11,6 +11,8 @@ from conftest import SAMPLES
 
 from mriseg.devtools import open_sample
 
+pytestmark = pytest.mark.browser
+
 LAPTOP = {"width": 1280, "height": 800}
 PROJECTOR = {"width": 1920, "height": 1080}
 

@@ -104,6 +104,7 @@ def test_volume_measurements_give_mm2_per_slice_and_ml_not_a_summed_area():
     assert float(rows[-1]["tumour_volume_ml"]) == pytest.approx(500 * 0.5 * 0.5 * 2.0 / 1000)
 
 
+@pytest.mark.slow
 def test_measurements_csv_with_ground_truth_adds_truth_pixels_and_dice(segmenter, sample_index):
     case = load_sample(gallery(sample_index, "TCGA_CS_4942_19970222_volume.tif"))
     mask = binarize(segmenter.predict(case.volume.pixels).mean, segmenter.postprocessing, 0.5)

@@ -16,6 +16,8 @@ from conftest import REPO_ROOT, SAMPLES, make_dicom
 from mriseg.inference import native_bf16
 from mriseg.io import read_volume
 
+pytestmark = pytest.mark.slow
+
 
 def mriseg(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MRISEG_HF_REPO="")

@@ -17,6 +17,8 @@ from mriseg.model import UNetConfig, UNetEnsemble
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import TrainConfig, train
 
+pytestmark = pytest.mark.slow
+
 TINY = dict(batch_size=2, steps_per_epoch=2, warmup_steps=1, preprocessing=PreprocessingConfig(grid_size=64))
 
 

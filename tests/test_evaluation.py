@@ -22,6 +22,7 @@ REQUIRED_KEYS = ("per_volume_dice", "patients", "positive_slice_dice", "empty_sl
                  "n_patients", "n_slices")
 
 
+@pytest.mark.slow
 def test_report_on_sample_folder(segmenter, kaggle_folder, slice_samples):
     report = evaluate(kaggle_folder, segmenter)
     for key in REQUIRED_KEYS:
@@ -39,6 +40,7 @@ def test_report_on_sample_folder(segmenter, kaggle_folder, slice_samples):
     json.dumps(report)  # JSON-ready
 
 
+@pytest.mark.slow
 def test_original_three_channel_tiff_layout_gives_the_same_numbers(segmenter, kaggle_folder, tmp_path):
     tiff_root = tmp_path / "tiff"
     for png in kaggle_folder.glob("*/*.png"):

@@ -18,6 +18,8 @@ from mriseg.model import UNetConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training import TrainConfig, train
 
+pytestmark = pytest.mark.slow
+
 
 def log_epochs(path) -> list[int]:
     with open(path, newline="") as handle:

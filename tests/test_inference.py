@@ -26,6 +26,7 @@ def test_probabilities_come_back_at_the_original_size(segmenter, shape):
     assert result.mean.min() >= 0.0 and result.mean.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_tta_returns_mean_and_std(segmenter, slice_samples):
     volume, _ = load_sample(slice_samples[0])
     plain = segmenter.predict(volume.pixels)
@@ -35,6 +36,7 @@ def test_tta_returns_mean_and_std(segmenter, slice_samples):
     assert not np.allclose(result.mean, plain.mean)  # the mirrored view does contribute
 
 
+@pytest.mark.slow
 def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
     import torch
 
@@ -55,6 +57,7 @@ def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
     assert result.std.shape == volume.pixels.shape
 
 
+@pytest.mark.slow
 def test_progress_is_reported(segmenter):
     calls = []
     segmenter.predict(np.random.default_rng(0).random((20, 64, 64)).astype(np.float32),
@@ -62,6 +65,7 @@ def test_progress_is_reported(segmenter):
     assert calls[-1] == (20, 20) and len(calls) == 2
 
 
+@pytest.mark.slow
 def test_many_threads_share_one_model(segmenter, slice_samples):
     volumes = [load_sample(entry)[0].pixels for entry in slice_samples]
     sequential = [segmenter.predict(v).mean for v in volumes]
@@ -71,6 +75,7 @@ def test_many_threads_share_one_model(segmenter, slice_samples):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finds_large_tumours_and_leaves_healthy_slices_nearly_empty(segmenter, slice_samples):
     for entry in slice_samples:
         volume, truth = load_sample(entry)
@@ -103,6 +108,7 @@ def test_precision_follows_the_hardware_and_can_be_forced(segmenter):
         load_segmenter(WEIGHTS, device="cpu", precision="half")
 
 
+@pytest.mark.slow
 def test_bfloat16_gives_the_float32_masks(slice_samples):
     """bfloat16 rounds activations to 8 bits of mantissa: probabilities move a little, the masks must not."""
     fp32 = load_segmenter(WEIGHTS, device="cpu", precision="fp32")
@@ -118,6 +124,7 @@ def test_bfloat16_gives_the_float32_masks(slice_samples):
             assert rounded_mask.sum() < 20, entry["image"]
 
 
+@pytest.mark.slow
 def test_folding_batchnorm_changes_the_speed_not_the_probabilities(slice_samples):
     """The forward passes run with BatchNorm folded into the convolutions: the probabilities must be the trained
     network's own, and the model the app shows (architecture, parameter count, feature-map hooks) untouched."""

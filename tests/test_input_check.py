@@ -97,6 +97,7 @@ def real_flair_files(variant: str) -> Iterator[tuple[str, bytes]]:
                 yield path.with_suffix(".nii").name, nifti(z_scored(image.astype(np.float32), brain))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["skull on", "windowed", "skull-stripped", "z-scored"])
 def test_real_flair_slices_get_no_warning(variant):
     """All 90 patients, every third slice (1,090 or so), as PNG or, z-scored, as float NIfTI: no warning at all."""
@@ -109,6 +110,7 @@ def test_real_flair_slices_get_no_warning(variant):
     assert not warned, f"{len(warned)} of {checked} real FLAIR slices ({variant}) warned:\n" + "\n".join(warned[:10])
 
 
+@pytest.mark.slow
 def test_real_flair_volumes_and_gallery_get_no_warning(sample_index):
     """Whole volumes: the gallery (PNG slices, the Kaggle 3-channel TIFF stack) and every tenth patient as a
     skull-stripped, z-scored NIfTI volume."""
@@ -204,6 +206,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO_ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_predict_warns_on_a_colour_photograph_only(tmp_path):
     photo = tmp_path / "astronaut.png"
     photo.write_bytes(cv2.imencode(".png", skimage_data.astronaut()[..., ::-1])[1].tobytes())
@@ -216,6 +219,7 @@ def test_cli_predict_warns_on_a_colour_photograph_only(tmp_path):
     assert any(line.startswith(SAMPLE_SLICE) for line in result.stdout.splitlines())
 
 
+@pytest.mark.slow
 def test_app_warns_above_the_result_for_a_colour_photograph(slice_samples):
     from test_app import open_sample, start, upload
 

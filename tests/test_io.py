@@ -426,6 +426,7 @@ class TestScannerSpace:
 
 
 class TestLimits:
+    @pytest.mark.slow
     def test_thousands_of_tiff_pages_are_refused_before_decoding(self):
         pages = [Image.fromarray(head_phantom(32, seed=s).astype(np.uint8)) for s in range(3000)]
         buffer = io.BytesIO()

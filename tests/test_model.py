@@ -58,6 +58,7 @@ def test_wrong_channel_count_is_explained():
         create_model(UNetConfig(base_width=4, depth=2))(torch.randn(1, 3, 16, 16))
 
 
+@pytest.mark.slow
 def test_ensemble_probability_is_the_mean_of_its_members():
     torch.manual_seed(0)
     members = [create_model(UNetConfig(base_width=4, depth=2)).eval(), create_model(UNetConfig(base_width=8)).eval()]
@@ -77,6 +78,7 @@ def test_ensemble_config_round_trips_through_a_dict():
     assert [member.config.base_width for member in unet_members(model)] == [4, 8]
 
 
+@pytest.mark.slow
 def test_a_member_on_a_coarser_grid_sees_the_input_at_its_own_scale():
     torch.manual_seed(0)
     coarse, fine = create_model(UNetConfig(base_width=4, depth=2)).eval(), create_model(UNetConfig(base_width=4)).eval()

@@ -45,6 +45,7 @@ def test_mask_to_grid_keeps_area():
     assert grid_mask.sum() * 4 == pytest.approx(mask.sum(), rel=0.01)
 
 
+@pytest.mark.slow
 def test_png_and_rescaled_16bit_dicom_give_the_same_mask(segmenter, slice_samples):
     """The classic drift bug: the same slice stored two ways must segment the same."""
     entry = max(slice_samples, key=lambda e: e["tumour_pixels"])

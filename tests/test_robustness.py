@@ -46,6 +46,7 @@ def test_ordinary_volume_is_left_alone(sample_volume):
     np.testing.assert_array_equal(darken_masked_background(volume), volume)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_variant(kaggle_folder, segmenter):
     report = evaluate(kaggle_folder, segmenter, patients=["TCGA_HT_8563_19981209"], variant="skull-stripped")
     assert report["variant"] == "skull-stripped"

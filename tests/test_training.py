@@ -29,6 +29,8 @@ from mriseg.training import (
     training_augmentation,
 )
 
+pytestmark = pytest.mark.slow
+
 CPU_HAS_BF16 = native_bf16(torch.device("cpu"))
 
 

@@ -47,6 +47,7 @@ def test_not_configured_uses_bundled():
     assert source.kind == "bundled" and source.folder == WEIGHTS
 
 
+@pytest.mark.slow
 def test_offline_resolves_from_hand_built_cache(hf_cache, tmp_path):
     """As a user configures it: environment variables only, HF_HUB_OFFLINE=1, in a fresh process."""
     script = (
@@ -101,6 +102,7 @@ def silent_server():
     server.close()
 
 
+@pytest.mark.slow
 def test_unreachable_hub_falls_back_within_two_seconds(tmp_path, silent_server):
     started = time.monotonic()
     source = resolve_weights(REPO, revision=COMMIT, cache_dir=tmp_path, endpoint=silent_server, offline=False)
@@ -108,6 +110,7 @@ def test_unreachable_hub_falls_back_within_two_seconds(tmp_path, silent_server):
     assert source.kind == "bundled"
 
 
+@pytest.mark.slow
 def test_refused_connection_falls_back_to_cache(hf_cache):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
