@@ -6,12 +6,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mriseg.errors import InputError
-
-if TYPE_CHECKING:
-    from mriseg.io import Volume
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO_ROOT / "splits" / "lgg-flair.json"
@@ -96,54 +92,38 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mriseg.input_check import check_input
-    from mriseg.io import mask_to_nifti, mask_to_png, read_volume
-    from mriseg.measure import tumour_size
-    from mriseg.postprocessing import binarize
+    from mriseg.batch import ModelSettings, cached_segmenter, dask_client, run_batch
+    from mriseg.bundle import read_config
+    from mriseg.weights import resolve_weights
 
-    segmenter, _, tta = _segmenter(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for name in args.files:
-        path = Path(name)
-        try:
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
-            volume = read_volume(path.read_bytes(), path.name)
-        except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        for warning in check_input(volume):  # segmented all the same: the exit code is unchanged
-            print(f"warning: {path.name}: {warning}", file=sys.stderr)
-        probabilities = segmenter.predict(volume.pixels, tta=tta).mean
-        mask = binarize(probabilities, segmenter.postprocessing, args.threshold)
-        stem = path.name.split(".")[0]
-        # A scan placed in scanner space (NIfTI, DICOM) gets its mask back in that space, even a single slice.
-        if volume.n_slices == 1 and volume.affine is None:
-            target = out / f"{stem}_mask.png"
-            target.write_bytes(mask_to_png(mask[0]))
-        else:
-            target = out / f"{stem}_mask.nii.gz"
-            target.write_bytes(mask_to_nifti(mask, volume))
-        print(f"{path.name}: {_size_summary(tumour_size(mask, volume), volume)} -> {target}")
-    return 1 if failures else 0
-
-
-def _size_summary(size: dict, volume: Volume) -> str:
-    """Tumour size in words: mm² for a slice; for a stack the largest slice's mm² and the volume in mL (an area
-    summed over slices measures nothing)."""
-    text = f"tumour {size['pixels']} px"
-    if volume.n_slices == 1:
-        return text if volume.pixel_area_mm2 is None else f"{text}, {size['pixels'] * volume.pixel_area_mm2:.1f} mm²"
-    text += f" on {sum(n > 0 for n in size['slice_pixels'])} of {volume.n_slices} slices"
-    if size["largest_slice"] is not None and volume.pixel_area_mm2 is not None:
-        largest = size["largest_slice"]
-        text += f", largest {size['slice_pixels'][largest] * volume.pixel_area_mm2:.1f} mm² on slice {largest + 1}"
-    if size["volume_ml"] is not None:
-        text += f", volume {size['volume_ml']:.2f} mL"
-    return text
+    folder = Path(args.weights) if args.weights else resolve_weights().folder
+    config = read_config(folder)
+    settings = ModelSettings(
+        weights=str(folder), sha256=config.get("weights_sha256") or None, threshold=args.threshold,
+        # A model exported with --tta was tuned and scored with it, so it is used with it.
+        tta=args.tta or bool(config.get("tta_default")), device=args.device,
+        precision="fp32" if args.fp32 else "auto")
+    run = {"settings": settings, "overwrite": args.overwrite, "progress": not args.no_progress}
+    if args.scheduler or args.workers:
+        with dask_client(scheduler=args.scheduler, workers=args.workers) as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+            print(f"model: {folder}  Dask scheduler: {client.scheduler.address} ({workers} workers now)",
+                  file=sys.stderr)
+            report = run_batch(args.files, args.out, client=client, **run)
+    else:
+        segmenter = cached_segmenter(folder, sha256=settings.sha256, device=settings.device,
+                                     precision=settings.precision)
+        print(f"model: {folder}  device: {segmenter.device_label}", file=sys.stderr)
+        report = run_batch(args.files, args.out, **run)
+    print(f"{report.cases} case(s): {report.ok} segmented, {report.resumed} already done, {report.failed} failed"
+          + (f"; {report.skipped} file(s) skipped as no scan" if report.skipped else "")
+          + (f"; summary: {report.summary}" if report.summary else ""))
+    if report.failed:
+        # Not an "error:" line: those are one per failed case, and scripts count them.
+        print(f"{report.failed} case(s) failed" + (f", listed in {report.summary}" if report.summary else ""),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -347,12 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("candidate", help="report of the new model on the same patients")
     compare.set_defaults(handler=_compare_reports)
 
-    predict = commands.add_parser("predict", help="segment image files and write masks")
-    predict.add_argument("files", nargs="+", help="PNG/JPEG/BMP/TIFF, DICOM (.dcm or .zip series), NIfTI")
+    predict = commands.add_parser(
+        "predict", help="segment image files, or whole folders of them, and write masks",
+        description="Segment files and folders. A folder is walked: each NIfTI, raster or zip file is one case, the "
+                    "DICOM files of each folder are one case per series; masks mirror the folder tree under --out, "
+                    "with summary.csv (one row per case), and a run again skips cases done. See docs/batch.md.")
+    predict.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER",
+                         help="PNG/JPEG/BMP/TIFF, DICOM (.dcm, .zip series, or folders of series), NIfTI, or folders")
     predict.add_argument("--out", required=True, help="folder for the masks (NIfTI in scanner space for volumes and "
                                                     "NIfTI/DICOM input, PNG for a single image slice)")
     predict.add_argument("--threshold", type=float, default=None, help="default: the one stored with the weights")
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="redo cases an earlier run into --out finished (default: skip them)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale_out = predict.add_mutually_exclusive_group()
+    scale_out.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                           help="segment on the workers of this running Dask cluster (they need mriseg installed, "
+                                "not the files: this process reads the inputs and writes --out)")
+    scale_out.add_argument("--workers", type=non_negative(int), default=0, metavar="N",
+                           help="start a local Dask cluster of N single-threaded worker processes (0: segment in "
+                                "this process)")
     add_model_options(predict)
     predict.set_defaults(handler=_predict)
 

@@ -35,6 +35,36 @@ UNEVEN_STEP = 0.1
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+# A DICOM file (Part 10) opens with a 128-byte preamble and the magic "DICM": how a file without extension is known.
+PREAMBLE = 128
+MAGIC = b"DICM"
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether ``head`` (a file's content, or at least its first 132 bytes) starts as a DICOM file does.
+
+    Example:
+        >>> looks_like_dicom(bytes(128) + b"DICM" + bytes(10)), looks_like_dicom(b"\\x89PNG" + bytes(200))
+        (True, False)
+    """
+    return head[PREAMBLE : PREAMBLE + len(MAGIC)] == MAGIC
+
+
+def read_header(path: str | Path) -> Dataset:
+    """The header of a DICOM file on disk, its pixel data left unread (for sorting files into series).
+
+    Raises:
+        InputError: when it is not a DICOM file or its header is damaged.
+    """
+    try:
+        # Values over 1 KiB (the pixels) are skipped over, not read; "PixelData" in the result still answers.
+        return pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError as error:
+        raise InputError(f"{path}: not a DICOM file (no DICOM header found)") from error
+    except Exception as error:  # pydicom raises many types for a damaged header
+        raise InputError(f"{path}: the DICOM file is corrupt or truncated ({error})") from error
+
+
 def parse(data: bytes, filename: str) -> Dataset:
     """The DICOM data set in ``data`` (pixels not decoded)."""
     try:

@@ -2,9 +2,10 @@
 
 Supported: PNG, JPEG, BMP, TIFF (8/16 bit, gray or colour, multi-page TIFF as a stack; a 3-channel TIFF in the
 Kaggle LGG layout stacks pre-contrast, FLAIR, post-contrast, so channel 1 is taken), DICOM (single file,
-multi-frame, or a .zip of a series) and NIfTI (.nii, .nii.gz). NIfTI and DICOM are placed in scanner space and
-turned to axial slices (the model's view); :mod:`mriseg.dicom` reads DICOM geometry. Every problem raises
-:class:`InputError`.
+multi-frame, a .zip of a series, or the loose files of one series: :func:`read_dicom_files`; a file with no or an
+unknown extension is read as DICOM when its content starts like one) and NIfTI (.nii, .nii.gz). NIfTI and DICOM are
+placed in scanner space and turned to axial slices (the model's view); :mod:`mriseg.dicom` reads DICOM geometry.
+Every problem raises :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -223,6 +224,34 @@ def _safe_member(name: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts and not (path.parts and ":" in path.parts[0])
 
 
+def read_dicom_files(files: list[tuple[str, bytes]], filename: str) -> Volume:
+    """Read the loose DICOM files of one series (or one multi-frame file) into a :class:`Volume`.
+
+    A folder of .dcm files (or of DICOM files without an extension) is how series usually arrive; this reads them
+    like a zip of the series, with the same SimpleITK geometry, without zipping them first.
+
+    Args:
+        files: (file name, content) of each file; every one must be a DICOM image of the same series.
+        filename: what the messages call the series (a folder and series label, say).
+
+    Raises:
+        InputError: as :func:`read_volume` does, naming the file at fault where one is.
+    """
+    from mriseg import dicom
+
+    if not files:
+        raise InputError(f"{filename}: no DICOM files")
+    if sum(len(content) for _, content in files) > MAX_UNCOMPRESSED_BYTES:
+        raise InputError(f"{filename}: the series holds more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
+    images = []
+    for name, content in files:
+        if not content:
+            raise InputError(f"{name}: the file is empty")
+        images.append((content, dicom.parse(content, name)))
+    kind = "DICOM" if len(images) == 1 else "DICOM series (files)"
+    return _not_constant(_checked(_dicom_volume(images, filename, kind), filename), filename)
+
+
 def _read_dicom_zip(data: bytes, filename: str) -> Volume:
     from mriseg import dicom
 
@@ -358,9 +387,22 @@ READERS = {"raster": _read_raster, "dicom": _read_dicom, "zip": _read_dicom_zip,
 
 
 def _decode(data: bytes, filename: str) -> Volume:
+    from mriseg.dicom import looks_like_dicom
+
     if not data:
         raise InputError(f"{filename}: the file is empty")
-    volume = READERS[file_kind(filename)](data, filename)
+    try:
+        kind = file_kind(filename)
+    except InputError:
+        # Scanners and PACS exports often write DICOM files without an extension (or as IM.0001): the content says.
+        if not looks_like_dicom(data):
+            raise
+        kind = "dicom"
+    return _checked(READERS[kind](data, filename), filename)
+
+
+def _checked(volume: Volume, filename: str) -> Volume:
+    """The checks every decoded file passes, whatever its format: finite values, a shape mriseg segments."""
     volume.source.setdefault("filename", filename)
     volume.source["slices"] = volume.n_slices
     if not np.all(np.isfinite(volume.pixels)):
@@ -389,7 +431,10 @@ def read_volume(data: bytes, filename: str) -> Volume:
         >>> read_volume(png.tobytes(), "slice.png").shape
         (1, 64, 64)
     """
-    volume = _decode(data, filename)
+    return _not_constant(_decode(data, filename), filename)
+
+
+def _not_constant(volume: Volume, filename: str) -> Volume:
     if float(volume.pixels.max()) == float(volume.pixels.min()):
         raise InputError(f"{filename}: every pixel has the same value; there is no image to segment")
     return volume

@@ -118,8 +118,9 @@ def test_cli_reports_every_bad_file_and_goes_on(tmp_path, capsys):
         paths.append(str(path))
     good = tmp_path / "in" / "good.png"
     good.write_bytes(_png(PHANTOM))
-    assert main(["predict", *paths, str(good), "--out", str(tmp_path / "out")]) == 1
+    code = main(["predict", *paths, str(good), "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
+    assert code == 1, captured.err[-2000:]
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == len(CORPUS)
     assert "Traceback" not in captured.err
