@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mriseg import webapp
+from mriseg.app import webapp
 
 st.set_page_config(page_title="mriseg: brain MRI tumour segmentation", page_icon=":material/neurology:", layout="wide")
 

@@ -16,19 +16,21 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the browser helpers the tests use
 
-from mriseg.case import sample_index  # noqa: E402
-from mriseg.devtools import CHROMIUM, cpu_seconds, launch_browser, open_sample, streamlit_server  # noqa: E402
+from browser_helpers import CHROMIUM, cpu_seconds, launch_browser, open_sample, streamlit_server  # noqa: E402
+
+from mriseg.app.case import sample_index  # noqa: E402
 
 
 def rerender_times(repeats: int) -> dict:
     """Server-side time for the app to re-render after the threshold moves (probabilities cached)."""
     from streamlit.testing.v1 import AppTest
 
-    from mriseg.bundle import load_segmenter
-    from mriseg.case import load_sample
-    from mriseg.visualize import display_image, heatmap, overlay, to_png
-    from mriseg.webapp import Prediction, current_mask, sample_button_key
+    from mriseg.app.case import load_sample
+    from mriseg.app.visualize import display_image, heatmap, overlay, to_png
+    from mriseg.app.webapp import Prediction, current_mask, sample_button_key
+    from mriseg.weights.bundle import load_segmenter
 
     os.environ["MRISEG_HF_REPO"] = ""
     entry = max((e for e in sample_index() if e["category"] == "large"), key=lambda e: e["tumour_pixels"])

@@ -29,8 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from mriseg.batch import ModelSettings, cached_segmenter, dask_client, run_batch  # noqa: E402
-from mriseg.bundle import read_config  # noqa: E402
-from mriseg.io import read_mask, read_volume  # noqa: E402
+from mriseg.data.io import read_mask, read_volume  # noqa: E402
+from mriseg.weights.bundle import read_config  # noqa: E402
 
 SAMPLES = REPO_ROOT / "samples"
 WEIGHTS = REPO_ROOT / "weights"

@@ -23,9 +23,11 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the browser helpers the tests use
 
-from mriseg.case import sample_index  # noqa: E402
-from mriseg.devtools import launch_browser, open_sample, peak_memory_mb, streamlit_server  # noqa: E402
+from browser_helpers import launch_browser, open_sample, peak_memory_mb, streamlit_server  # noqa: E402
+
+from mriseg.app.case import sample_index  # noqa: E402
 
 OVERLAY = "Tumour at threshold"
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from mriseg.data import find_cases
+from mriseg.data.lgg import find_cases
 
 MIN_PATIENTS_TO_SCORE = 3
 

@@ -44,8 +44,8 @@ from distributed import WorkerPlugin
 from mriseg.errors import InputError
 
 if TYPE_CHECKING:
+    from mriseg.data.io import Volume
     from mriseg.inference import Segmenter
-    from mriseg.io import Volume
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("input", "series_uid", "mask", "slices", "tumour_voxels", "volume_ml", "seconds", "status",
@@ -70,7 +70,7 @@ class BatchCase:
         label: what messages and printed lines call the case (a plain file argument: its name, as ``predict`` has
             always printed it).
         files: the files to read.
-        dicom: read ``files`` as the DICOM files of one series (:func:`mriseg.io.read_dicom_files`).
+        dicom: read ``files`` as the DICOM files of one series (:func:`mriseg.data.io.read_dicom_files`).
         series_uid: the DICOM SeriesInstanceUID ("" for other files).
         problem: why the case fails before it is read (a missing file, a mask path taken by another case).
         skipped: why the file is no case at all (not a scan file, a DICOM object without an image).
@@ -131,7 +131,7 @@ def mask_stem(filename: str) -> str:
         >>> mask_stem("sub-01_FLAIR.nii.gz"), mask_stem("1.2.840.113619.2.1.dcm"), mask_stem("IM.0001")
         ('sub-01_FLAIR', '1.2.840.113619.2.1', 'IM.0001')
     """
-    from mriseg.io import NIFTI_EXTENSIONS, SUPPORTED_EXTENSIONS
+    from mriseg.data.io import NIFTI_EXTENSIONS, SUPPORTED_EXTENSIONS
 
     lower = filename.lower()
     for extension in sorted(NIFTI_EXTENSIONS + SUPPORTED_EXTENSIONS, key=len, reverse=True):
@@ -162,8 +162,8 @@ def series_label(number: object, description: object, uid: str) -> str:
 
 def _kind(path: Path) -> str | None:
     """``raster``, ``nifti``, ``zip`` or ``dicom`` (by extension or content), None for anything else."""
-    from mriseg.dicom import looks_like_dicom
-    from mriseg.io import file_kind
+    from mriseg.data.dicom import looks_like_dicom
+    from mriseg.data.io import file_kind
 
     try:
         return file_kind(path.name)
@@ -205,7 +205,7 @@ def _folder_cases(root: Path, given: str, exclude: str | Path | None = None) -> 
 
 def _series_cases(paths: list[Path], relative: Path, shown_folder: Path) -> list[BatchCase]:
     """The DICOM files of one folder as one case per series (SeriesInstanceUID); a multi-frame file is its own."""
-    from mriseg.dicom import frame_count, read_header
+    from mriseg.data.dicom import frame_count, read_header
 
     groups: dict[tuple[str, str], list[tuple[Path, object]]] = {}
     cases = []
@@ -247,7 +247,7 @@ def _series_cases(paths: list[Path], relative: Path, shown_folder: Path) -> list
 
 def _file_case(path: Path, given: str) -> BatchCase:
     """A file named on the command line: always a case, whatever its type (reading it says what is wrong), read by
-    :func:`mriseg.io.read_volume` as ``predict`` always has."""
+    :func:`mriseg.data.io.read_volume` as ``predict`` always has."""
     key = mask_stem(path.name)
     if not path.is_file():
         return BatchCase(given, key, path.name, problem=f"{path}: no such file")
@@ -294,10 +294,10 @@ def cached_segmenter(weights: str | Path, *, sha256: str | None = None, device: 
 
     On a Dask worker the folder is the client's; the model is read from the copy :class:`WeightsPlugin` put on
     the worker when there is one. ``sha256`` (when given) must be what the folder's config.json records, and
-    :func:`~mriseg.bundle.load_segmenter` checks the safetensors file against it: a worker never segments with
+    :func:`~mriseg.weights.bundle.load_segmenter` checks the safetensors file against it: a worker never segments with
     other weights than the client chose.
     """
-    from mriseg.bundle import load_segmenter, read_config
+    from mriseg.weights.bundle import load_segmenter, read_config
 
     key = (str(weights), sha256 or "", device, precision)
     with _LOAD_LOCK:  # a worker with several threads: one loads, the others wait for it
@@ -339,15 +339,15 @@ def segment_case(data: bytes | list[tuple[str, bytes]], name: str, *, weights: s
         threshold: probability threshold; None: the one stored with the weights.
         tta: average with the mirrored image.
         sha256: the weights' sha256, checked before use.
-        device, precision: as :func:`mriseg.bundle.load_segmenter` takes them.
+        device, precision: as :func:`mriseg.weights.bundle.load_segmenter` takes them.
 
     Returns:
         A :class:`CaseResult`: ``ok`` with the mask file (PNG for a raster slice, NIfTI in scanner space for the
         rest), or ``failed`` with the message. Nothing raises: one bad file must not end a run over an archive.
     """
-    from mriseg.input_check import check_input
-    from mriseg.io import mask_to_nifti, mask_to_png, read_dicom_files, read_volume
-    from mriseg.measure import tumour_size
+    from mriseg.data.input_check import check_input
+    from mriseg.data.io import mask_to_nifti, mask_to_png, read_dicom_files, read_volume
+    from mriseg.metrics import tumour_size
     from mriseg.postprocessing import binarize
 
     start = time.perf_counter()
@@ -443,7 +443,7 @@ class WeightsPlugin(WorkerPlugin):
 
 def weights_plugin(settings: ModelSettings) -> WeightsPlugin:
     """The plugin for the settings' weights, checked against their sha256 here, before anything is sent."""
-    from mriseg.bundle import CONFIG_NAME, WEIGHTS_NAME, read_config
+    from mriseg.weights.bundle import CONFIG_NAME, WEIGHTS_NAME, read_config
 
     folder = Path(settings.weights)
     files = {}

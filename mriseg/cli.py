@@ -7,16 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from mriseg.config import DEFAULT_SPLIT
 from mriseg.errors import InputError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPLIT = REPO_ROOT / "splits" / "lgg-flair.json"
 
 
 def _train(args: argparse.Namespace) -> int:
     from mriseg.model import UNetConfig
     from mriseg.preprocessing import PreprocessingConfig
-    from mriseg.training import TrainConfig, train
+    from mriseg.training.trainer import TrainConfig, train
 
     config = TrainConfig(
         epochs=args.epochs,
@@ -43,8 +41,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _segmenter(args: argparse.Namespace):
     """The segmenter, its weights' config, and whether to mirror (``--tta``, or weights exported with it)."""
-    from mriseg.bundle import load_segmenter, read_config
-    from mriseg.weights import resolve_weights
+    from mriseg.weights.bundle import load_segmenter, read_config
+    from mriseg.weights.hub import resolve_weights
 
     folder = Path(args.weights) if args.weights else resolve_weights().folder
     segmenter = load_segmenter(folder, device=args.device, precision="fp32" if args.fp32 else "auto")
@@ -55,7 +53,7 @@ def _segmenter(args: argparse.Namespace):
 
 
 def _compare_reports(args: argparse.Namespace) -> int:
-    from mriseg.evaluation import compare_reports, format_comparison
+    from mriseg.evaluation.report import compare_reports, format_comparison
 
     reports = []
     for path in (args.baseline, args.candidate):
@@ -72,8 +70,8 @@ def _compare_reports(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mriseg.data import load_split
-    from mriseg.evaluation import evaluate, format_report, write_report
+    from mriseg.data.lgg import load_split
+    from mriseg.evaluation.report import evaluate, format_report, write_report
 
     segmenter, config, tta = _segmenter(args)
     patients = load_split(args.split)[args.subset] if args.subset else None
@@ -93,8 +91,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from mriseg.batch import ModelSettings, cached_segmenter, dask_client, run_batch
-    from mriseg.bundle import read_config
-    from mriseg.weights import resolve_weights
+    from mriseg.weights.bundle import read_config
+    from mriseg.weights.hub import resolve_weights
 
     folder = Path(args.weights) if args.weights else resolve_weights().folder
     config = read_config(folder)
@@ -129,10 +127,10 @@ def _predict(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from mriseg.benchmark import benchmark
-    from mriseg.bundle import load_segmenter
+    from mriseg.evaluation.benchmark import benchmark
     from mriseg.inference import native_bf16
-    from mriseg.weights import resolve_weights
+    from mriseg.weights.bundle import load_segmenter
+    from mriseg.weights.hub import resolve_weights
 
     folder = Path(args.weights) if args.weights else resolve_weights().folder
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -200,7 +198,7 @@ def epoch_list(text: str) -> list[int]:
 
 
 def _average(args: argparse.Namespace) -> int:
-    from mriseg.averaging import average_epochs
+    from mriseg.training.averaging import average_epochs
 
     result = average_epochs(args.run, args.epochs, args.data, out_dir=args.out, device=args.device)
     print(f"epochs {result['epochs'][0]}-{result['epochs'][-1]} averaged ({len(result['epochs'])}): validation "
@@ -210,8 +208,8 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mriseg.evaluation import format_report
-    from mriseg.export import export_run
+    from mriseg.evaluation.report import format_report
+    from mriseg.training.export import export_run
 
     # Written beside the run unless --out says otherwise: shipping a model over weights/ is a deliberate step.
     out = args.out or Path(args.run) / "weights"
@@ -222,8 +220,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from mriseg.ensemble import build_ensemble
-    from mriseg.evaluation import format_report
+    from mriseg.evaluation.report import format_report
+    from mriseg.training.ensemble import build_ensemble
 
     report = build_ensemble(args.members, args.data, args.out, tta=args.tta, device=args.device)
     print(format_report(report))
@@ -232,7 +230,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 
 def _members(args: argparse.Namespace) -> int:
-    from mriseg.ensemble import split_members
+    from mriseg.training.ensemble import split_members
 
     for folder in split_members(args.weights, args.out):
         print(f"U-Net written to {folder}")
@@ -240,7 +238,7 @@ def _members(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mriseg.robustness import VARIANTS
+    from mriseg.evaluation.robustness import VARIANTS
 
     parser = argparse.ArgumentParser(
         prog="python -m mriseg",

@@ -1,9 +1,18 @@
-"""Round-tripping frozen settings dataclasses through the plain dicts stored in ``config.json``."""
+"""Where the project's folders are, and round-tripping frozen settings dataclasses through ``config.json`` dicts."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
+
+# The one place the project's folders are found: beside the package in a checkout or an editable install
+# (`pip install -e .`); MRISEG_HOME points an installed package at a checkout's folders.
+PROJECT_ROOT = Path(os.environ.get("MRISEG_HOME") or Path(__file__).resolve().parent.parent)
+BUNDLED_WEIGHTS = PROJECT_ROOT / "weights"
+SAMPLES_DIR = PROJECT_ROOT / "samples"
+DEFAULT_SPLIT = PROJECT_ROOT / "splits" / "lgg-flair.json"
 
 T = TypeVar("T", bound="DictConfig")
 

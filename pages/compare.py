@@ -4,8 +4,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from mriseg import webapp
-from mriseg.case import (
+from mriseg.app import webapp
+from mriseg.app.case import (
     dice_range,
     is_flat,
     load_sample,
@@ -17,9 +17,7 @@ from mriseg.case import (
     widest_trade_off,
     with_truth,
 )
-from mriseg.metrics import compare
-from mriseg.postprocessing import binarize
-from mriseg.visualize import (
+from mriseg.app.visualize import (
     CHART_COLOURS,
     ERROR_COLOURS,
     display_image,
@@ -28,6 +26,8 @@ from mriseg.visualize import (
     style_chart,
     threshold_line,
 )
+from mriseg.metrics import compare
+from mriseg.postprocessing import binarize
 
 view = webapp.context()
 model, threshold = view.model, view.threshold

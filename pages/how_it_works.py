@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from mriseg import webapp
-from mriseg.bundle import member_configs, member_origins, training_stages
-from mriseg.explain import architecture_dot, describe, member_normalization
+from mriseg.app import webapp
+from mriseg.app.explain import architecture_dot, describe, member_normalization
+from mriseg.app.visualize import display_image
 from mriseg.model import unet_grid, unet_members
-from mriseg.visualize import display_image
+from mriseg.weights.bundle import member_configs, member_origins, training_stages
 
 view = webapp.context()
 model = view.model

@@ -8,12 +8,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-# Light modules only: mriseg.export and mriseg.ensemble would import the trainer (and torchvision) on first visit.
-from mriseg import webapp
-from mriseg.bundle import kept_epoch, log_by_member, member_configs
-from mriseg.case import mask_fit_warning, missed_tumour_note, threshold_curve
-from mriseg.evaluation import calibration_text, interval_text, optional
-from mriseg.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS, style_chart, threshold_line
+# Never mriseg.training: it would import the trainer (and torchvision) on the page's first visit.
+from mriseg.app import webapp
+from mriseg.app.case import mask_fit_warning, missed_tumour_note, threshold_curve
+from mriseg.app.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS, style_chart, threshold_line
+from mriseg.evaluation.report import calibration_text, interval_text, optional
+from mriseg.weights.bundle import kept_epoch, log_by_member, member_configs
 
 
 def single_curves(curves: go.Figure, rows: list[dict], config: dict) -> None:

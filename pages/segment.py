@@ -5,12 +5,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from mriseg import webapp
-from mriseg.case import measurements_csv, slice_agreement
-from mriseg.io import mask_to_nifti, mask_to_png
-from mriseg.measure import tumour_size
-from mriseg.threshold_view import THRESHOLD_STEPS
-from mriseg.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
+from mriseg.app import webapp
+from mriseg.app.case import measurements_csv, slice_agreement
+from mriseg.app.threshold_view import THRESHOLD_STEPS
+from mriseg.app.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
+from mriseg.data.io import mask_to_nifti, mask_to_png
+from mriseg.metrics import tumour_size
 
 view = webapp.context()
 model, threshold = view.model, view.threshold

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch  # noqa: F401  (warm import, see module docstring)
-
-from mriseg.devtools import CHROMIUM, launch_browser, streamlit_server
+from browser_helpers import CHROMIUM, launch_browser, streamlit_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
@@ -38,7 +37,7 @@ def no_hub(monkeypatch):
 @pytest.fixture(scope="session")
 def segmenter():
     """The shipped model on the CPU (tests must pass on machines without a GPU)."""
-    from mriseg.bundle import load_segmenter
+    from mriseg.weights.bundle import load_segmenter
 
     return load_segmenter(WEIGHTS, device="cpu")
 
@@ -46,7 +45,7 @@ def segmenter():
 @pytest.fixture(scope="session")
 def sample_volume() -> tuple[np.ndarray, np.ndarray]:
     """The gallery's 20-slice LGG patient (a validation patient) and its manual mask."""
-    from mriseg.io import read_volume
+    from mriseg.data.io import read_volume
 
     volume = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels
     truth = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume_mask.tif").read_bytes(), "mask.tif").pixels > 0

@@ -16,12 +16,12 @@ from conftest import REPO_ROOT, SAMPLES
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
-from mriseg.bundle import read_config
-from mriseg.case import load_sample
+from mriseg.app.case import load_sample
+from mriseg.app.webapp import sample_button_key
 from mriseg.inference import native_bf16
 from mriseg.metrics import compare, dice
 from mriseg.postprocessing import binarize
-from mriseg.webapp import sample_button_key
+from mriseg.weights.bundle import read_config
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ from conftest import REPO_ROOT
 from streamlit.testing.v1 import AppTest
 from test_app import expected_mask, metric, open_sample, start
 
-from mriseg.case import load_sample, sample_index
-from mriseg.explain import describe
+from mriseg.app.case import load_sample, sample_index
+from mriseg.app.explain import describe
+from mriseg.app.visualize import near_threshold
 from mriseg.metrics import dice
 from mriseg.model import unet_grid, unet_members
 from mriseg.postprocessing import binarize
-from mriseg.visualize import near_threshold
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
     from huggingface_hub import constants
     from test_weights import COMMIT, REPO, build_hf_cache
 
-    from mriseg import webapp
+    from mriseg.app import webapp
 
     cache = tmp_path / "hub"
     build_hf_cache(cache, [folder / name for name in ("config.json", "model.safetensors", "training_log.csv",
@@ -157,7 +157,7 @@ def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
 def single_unet_from_shipped(folder):
     """A weights folder holding the first U-Net of the shipped ensemble (`members`: its own recipe, preprocessing
     and training log) and the shipped evaluation report."""
-    from mriseg.ensemble import split_members
+    from mriseg.training.ensemble import split_members
 
     first = split_members(REPO_ROOT / "weights", folder.with_name(f"{folder.name}-members"))[0]
     shutil.copytree(first, folder)
@@ -170,7 +170,7 @@ def test_staged_weights_from_the_hub_cache_show_their_history(tmp_path, monkeypa
     the training curves mark the restart and the averaged epochs, and the uncertainty toggle starts on."""
     from test_weights import REPO
 
-    from mriseg import webapp
+    from mriseg.app import webapp
 
     staged = single_unet_from_shipped(tmp_path / "staged")
     config = json.loads((staged / "config.json").read_text())

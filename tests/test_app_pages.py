@@ -15,14 +15,14 @@ import pytest
 from conftest import REPO_ROOT, SAMPLES
 from test_app import metric, open_sample, start, upload
 
-from mriseg.case import (
+from mriseg.app.case import (
     CURVE_THRESHOLDS,
     highest_probability_in_truth,
     load_sample,
     sample_index,
     threshold_curve,
 )
-from mriseg.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS
+from mriseg.app.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS
 
 pytestmark = pytest.mark.slow
 
@@ -185,16 +185,17 @@ def test_how_it_works_title_matches_its_navigation_label_and_draws_on_the_dark_t
 
 
 def test_pages_do_not_import_the_trainer():
-    """Metrics and How it works used helpers of mriseg.export / mriseg.ensemble, which import the trainer and
-    torchvision: seconds added to a page's first visit. Import what the pages import, in a fresh interpreter."""
+    """Metrics and How it works used helpers of mriseg.training.export / mriseg.training.ensemble, which import the
+    trainer and torchvision: seconds added to a page's first visit. Import what the pages import, in a fresh
+    interpreter."""
     probe = (
         "import ast, importlib, sys\n"
         "for page in ('pages/compare.py', 'pages/metrics.py', 'pages/how_it_works.py'):\n"
         "    for node in ast.walk(ast.parse(open(page).read())):\n"
         "        if isinstance(node, ast.ImportFrom) and node.module.startswith('mriseg'):\n"
         "            importlib.import_module(node.module)\n"
-        "print(sorted(m for m in ('mriseg.training', 'mriseg.export', 'mriseg.ensemble', 'torchvision')"
-        " if m in sys.modules))\n"
+        "print(sorted(m for m in ('mriseg.training.trainer', 'mriseg.training.export', 'mriseg.training.ensemble',"
+        " 'torchvision') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300, check=True)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mriseg.averaging import average_state_dicts, recompute_batch_norm
 from mriseg.model import UNetConfig, create_model
+from mriseg.training.averaging import average_state_dicts, recompute_batch_norm
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import head_phantom, make_dicom
 from PIL import Image
 
-from mriseg.case import case_from_bytes
+from mriseg.app.case import case_from_bytes
 from mriseg.cli import main
 from mriseg.errors import InputError
 

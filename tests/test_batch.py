@@ -28,7 +28,7 @@ from mriseg.batch import (
     mask_stem,
     segment_case,
 )
-from mriseg.io import read_dicom_files, read_mask, read_volume
+from mriseg.data.io import read_dicom_files, read_mask, read_volume
 
 SERIES_A = "1.2.826.0.1.3680043.8.498.101"  # the loose FLAIR series, files without extension
 SERIES_B = "1.2.826.0.1.3680043.8.498.202"  # a second series in the same folder, .dcm files

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mriseg.brain_extraction import brain_mask, strip_skull
+from mriseg.data.brain_extraction import brain_mask, strip_skull
 
 
 def test_most_slices_through_the_brain_are_stripped(sample_volume):

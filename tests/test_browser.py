@@ -11,9 +11,8 @@ import shutil
 import time
 
 import pytest
+from browser_helpers import cpu_seconds, open_sample
 from conftest import REPO_ROOT, SAMPLES
-
-from mriseg.devtools import cpu_seconds, open_sample
 
 pytestmark = pytest.mark.browser
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from browser_helpers import open_sample
 from conftest import SAMPLES
-
-from mriseg.devtools import open_sample
 
 pytestmark = pytest.mark.browser
 

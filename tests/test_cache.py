@@ -1,6 +1,6 @@
 from concurrent.futures import ThreadPoolExecutor
 
-from mriseg.cache import LRUCache
+from mriseg.app.cache import LRUCache
 
 
 def test_least_recently_used_goes_first():

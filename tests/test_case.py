@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from mriseg.case import (
+from mriseg.app.case import (
     CURVE_THRESHOLDS,
     case_from_bytes,
     highest_probability_in_truth,
@@ -17,8 +17,8 @@ from mriseg.case import (
     threshold_curve,
     with_truth,
 )
+from mriseg.data.io import mask_to_png
 from mriseg.errors import InputError
-from mriseg.io import mask_to_png
 from mriseg.metrics import dice
 from mriseg.postprocessing import PostprocessingConfig, binarize
 

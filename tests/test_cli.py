@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, SAMPLES, make_dicom
 
+from mriseg.data.io import read_volume
 from mriseg.inference import native_bf16
-from mriseg.io import read_volume
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, SAMPLES
 
-from mriseg.bundle import load_segmenter, read_config
 from mriseg.cli import main
-from mriseg.ensemble import combine, log_by_member
+from mriseg.data.io import read_image_file, read_volume
 from mriseg.errors import InputError
-from mriseg.export import export_run, member_origins
-from mriseg.io import read_image_file, read_volume
 from mriseg.model import UNetConfig, UNetEnsemble
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import TrainConfig, train
+from mriseg.training.ensemble import combine, log_by_member
+from mriseg.training.export import export_run, member_origins
+from mriseg.training.trainer import TrainConfig, train
+from mriseg.weights.bundle import load_segmenter, read_config
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,7 @@ def test_members_normalised_by_slice_and_by_volume_each_get_their_own_input(memb
     from test_app import open_sample
     from test_app_classroom import serve_from_hub_cache
 
-    from mriseg import webapp
+    from mriseg.app import webapp
 
     try:
         at = open_sample(serve_from_hub_cache(out, tmp_path, monkeypatch), slice_samples[0]["image"])
@@ -225,7 +225,7 @@ def test_members_on_different_grids_each_see_their_own_scale(members, kaggle_fol
     from test_app import open_sample
     from test_app_classroom import serve_from_hub_cache
 
-    from mriseg import webapp
+    from mriseg.app import webapp
 
     try:
         at = open_sample(serve_from_hub_cache(out, tmp_path, monkeypatch), slice_samples[0]["image"])
@@ -256,8 +256,8 @@ def test_the_app_shows_each_member_of_a_served_ensemble(members, kaggle_folder, 
     from test_app import open_sample
     from test_app_classroom import serve_from_hub_cache
 
-    from mriseg import webapp
-    from mriseg.explain import describe
+    from mriseg.app import webapp
+    from mriseg.app.explain import describe
     from mriseg.model import unet_members
 
     folders, _ = members

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mriseg.evaluation import (
+from mriseg.evaluation.report import (
     PatientPrediction,
     compare_reports,
     evaluate,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_visualize import DARK_BACKGROUND, contrast
 
-from mriseg.explain import architecture_dot, describe, feature_maps
+from mriseg.app.explain import architecture_dot, describe, feature_maps
 from mriseg.model import UNetConfig, create_model, unet_grid, unet_members
 
 

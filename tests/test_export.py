@@ -10,13 +10,13 @@ import json
 import numpy as np
 import pytest
 
-from mriseg.averaging import average_epochs
-from mriseg.bundle import load_segmenter, read_config
 from mriseg.cli import build_parser, main
-from mriseg.export import describe_stages, export_run
 from mriseg.model import UNetConfig
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import TrainConfig, train
+from mriseg.training.averaging import average_epochs
+from mriseg.training.export import describe_stages, export_run
+from mriseg.training.trainer import TrainConfig, train
+from mriseg.weights.bundle import load_segmenter, read_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import SAMPLES, WEIGHTS
 
-from mriseg.bundle import load_model, load_segmenter
+from mriseg.data.io import read_mask_file, read_volume
 from mriseg.inference import native_bf16, resolve_device
-from mriseg.io import read_mask_file, read_volume
 from mriseg.metrics import dice
+from mriseg.weights.bundle import load_model, load_segmenter
 
 
 def load_sample(entry):

@@ -1,7 +1,7 @@
 """Warnings for files unlike brain FLAIR: none on real FLAIR (skull on, skull-stripped, z-scored), one on a colour
 photograph, a CT scan, a limb and a burned-in letter; through the CLI and the app too.
 
-Every input is a real file made here and read back with :func:`mriseg.io.read_volume`, as the app and the CLI do.
+Every input is a real file made here and read back with :func:`mriseg.data.io.read_volume`, as the app and the CLI do.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from conftest import REPO_ROOT, SAMPLES, make_dicom
 from scipy import ndimage
 from skimage import data as skimage_data
 
-from mriseg.input_check import check_input
-from mriseg.io import read_volume
+from mriseg.data.input_check import check_input
+from mriseg.data.io import read_volume
 
 DATA = REPO_ROOT.parent / "shared" / "data" / "lgg-flair"
 SAMPLE_SLICE = "TCGA_HT_8563_19981209_11.png"  # a gallery slice through the ventricles, with a large tumour

@@ -14,8 +14,8 @@ import pytest
 from conftest import SAMPLES, head_phantom, make_dicom, mr_dataset
 from PIL import Image
 
+from mriseg.data.io import MAX_SIDE, MAX_SLICES, mask_to_nifti, mask_to_png, read_mask, read_volume
 from mriseg.errors import InputError
-from mriseg.io import MAX_SIDE, MAX_SLICES, mask_to_nifti, mask_to_png, read_mask, read_volume
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLES, head_phantom, make_dicom
 
-from mriseg.io import read_mask, read_volume
+from mriseg.data.io import read_mask, read_volume
 from mriseg.metrics import dice
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor, RobustNormalize, ToGrid, stack_context
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from mriseg.brain_extraction import strip_skull
-from mriseg.evaluation import evaluate
+from mriseg.data.brain_extraction import strip_skull
+from mriseg.evaluation.report import evaluate
+from mriseg.evaluation.robustness import make_variant
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor, darken_masked_background, masked_background
-from mriseg.robustness import make_variant
 
 
 def test_resampled_copy_keeps_the_tumour_in_physical_size(sample_volume):

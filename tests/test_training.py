@@ -10,13 +10,12 @@ import torch
 from conftest import SAMPLES
 from torchvision import tv_tensors
 
-from mriseg.bundle import load_segmenter
-from mriseg.data import find_cases
+from mriseg.data.io import read_image_file, read_mask_file
+from mriseg.data.lgg import find_cases
 from mriseg.inference import native_bf16
-from mriseg.io import read_image_file, read_mask_file
 from mriseg.model import UNetConfig, create_model
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
-from mriseg.training import (
+from mriseg.training.trainer import (
     ContextJitter,
     MRIArtefacts,
     RandomGamma,
@@ -28,6 +27,7 @@ from mriseg.training import (
     train,
     training_augmentation,
 )
+from mriseg.weights.bundle import load_segmenter
 
 pytestmark = pytest.mark.slow
 

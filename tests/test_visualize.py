@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mriseg.visualize import (
+from mriseg.app.visualize import (
     CHART_COLOURS,
     COLOURS,
     ERROR_COLOURS,

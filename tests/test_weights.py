@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, WEIGHTS
 
-from mriseg.bundle import load_model, load_segmenter
 from mriseg.errors import InputError
-from mriseg.weights import resolve_weights
+from mriseg.weights.bundle import load_model, load_segmenter
+from mriseg.weights.hub import resolve_weights
 
 REPO = "mriseg-test/unet-lgg"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -51,7 +51,7 @@ def test_not_configured_uses_bundled():
 def test_offline_resolves_from_hand_built_cache(hf_cache, tmp_path):
     """As a user configures it: environment variables only, HF_HUB_OFFLINE=1, in a fresh process."""
     script = (
-        "from mriseg.weights import resolve_weights; from mriseg.bundle import load_segmenter; "
+        "from mriseg.weights.hub import resolve_weights; from mriseg.weights.bundle import load_segmenter; "
         "source = resolve_weights(); segmenter = load_segmenter(source.folder, device='cpu'); "
         "print(source.kind, source.folder)"
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mriseg.data import PatientCase, find_cases, site_of
+from mriseg.data.lgg import PatientCase, find_cases, site_of
+from mriseg.evaluation.robustness import make_variant
 from mriseg.inference import Segmenter
 from mriseg.metrics import ReliabilityCounts, bootstrap_interval, compare, dice
 from mriseg.postprocessing import PostprocessingConfig, binarize
-from mriseg.robustness import make_variant
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 MIN_COMPONENT_CHOICES = (0.0, 0.0002, 0.0005, 0.001, 0.002)
@@ -34,8 +34,8 @@ class PatientPrediction:
 
 def predict_cases(segmenter: Segmenter, cases: list[PatientCase], tta: bool = False,
                   variant: str = "original") -> list[PatientPrediction]:
-    """Probabilities for every patient (as the ``variant`` copy, see :mod:`mriseg.robustness`), with a progress
-    bar."""
+    """Probabilities for every patient (as the ``variant`` copy, see :mod:`mriseg.evaluation.robustness`), with a
+    progress bar."""
     predictions = []
     for case in tqdm(cases, desc="segmenting patients", unit="patient"):
         volume, truth = make_variant(*case.load(), variant)
@@ -162,7 +162,7 @@ def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | N
         patients: restrict to these patient folder names.
         tta: average with the mirrored image.
         variant: score copies of the patients as another source would deliver them (skull-stripped, resampled,
-            BraTS-like; :mod:`mriseg.robustness`).
+            BraTS-like; :mod:`mriseg.evaluation.robustness`).
 
     Returns:
         The report; see :func:`summarize` for the keys.

@@ -12,7 +12,22 @@ import csv
 import io
 from pathlib import Path
 
-from mriseg.bundle import (
+from mriseg.data.lgg import find_cases
+from mriseg.evaluation.report import (
+    calibration_text,
+    interval_text,
+    optional,
+    predict_cases,
+    site_text,
+    summarize,
+    tune_postprocessing,
+    write_report,
+)
+from mriseg.inference import Segmenter
+from mriseg.model import Segmentation
+from mriseg.preprocessing import PreprocessingConfig
+from mriseg.training.trainer import LOG_NAME
+from mriseg.weights.bundle import (
     context_of,
     grid_of,
     kept_epoch,
@@ -26,22 +41,9 @@ from mriseg.bundle import (
     trained_preprocessing,
     training_stages,
 )
-from mriseg.bundle import member_origins as member_origins  # moved to bundle (light for the app); still importable
-from mriseg.data import find_cases
-from mriseg.evaluation import (
-    calibration_text,
-    interval_text,
-    optional,
-    predict_cases,
-    site_text,
-    summarize,
-    tune_postprocessing,
-    write_report,
+from mriseg.weights.bundle import (
+    member_origins as member_origins,  # moved to bundle (light for the app); still importable
 )
-from mriseg.inference import Segmenter
-from mriseg.model import Segmentation
-from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import LOG_NAME
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
@@ -55,7 +57,7 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
         tta: tune and evaluate with mirror test-time augmentation.
         device: "auto", "cpu" or "cuda".
         source: the weights folder inside the run: ``best`` (the best epoch) or ``average`` (see
-            :func:`mriseg.averaging.average_epochs`).
+            :func:`mriseg.training.averaging.average_epochs`).
     """
     run_dir = Path(run_dir)
     model, config = load_model(run_dir / source)
@@ -104,8 +106,9 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
         out_dir: the weights folder to write.
         tta: tune and evaluate with mirror test-time augmentation.
         device: "auto", "cpu" or "cuda".
-        robustness_variants: copies of the validation patients (:mod:`mriseg.robustness`) also scored with the
-            tuned post-processing, reported in ``evaluation.json`` and the model card; never used for tuning.
+        robustness_variants: copies of the validation patients (:mod:`mriseg.evaluation.robustness`) also scored
+            with the tuned post-processing, reported in ``evaluation.json`` and the model card; never used for
+            tuning.
 
     Returns:
         The validation report (also written to ``evaluation.json``).
@@ -291,7 +294,7 @@ python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
 
 
 ROBUSTNESS_LABELS = {
-    "skull-stripped": "skull-stripped copies (brain only, `mriseg.brain_extraction`)",
+    "skull-stripped": "skull-stripped copies (brain only, `mriseg.data.brain_extraction`)",
     "resampled": "resampled copies (1 mm-like pixels, three times as many slices)",
     "brats-like": "BraTS-like copies (stripped, resampled, brain z-scored on a 0 background)",
 }
@@ -312,8 +315,8 @@ def robustness_section(report: dict) -> str:
                     f"({low:.3f}-{high:.3f}) | {summary['precision']:.3f} / {summary['recall']:.3f} | "
                     f"{summary['per_site'].get('DU', 0):.3f} |")
     return ("\n### The same validation patients as other sources deliver scans\n"
-            "Copies made by `python -m mriseg evaluate --variant ...` (`mriseg/robustness.py`), scored with the same "
-            "post-processing (never tuned on them):\n\n"
+            "Copies made by `python -m mriseg evaluate --variant ...` (`mriseg/evaluation/robustness.py`), scored "
+            "with the same post-processing (never tuned on them):\n\n"
             "| copy | per-volume Dice mean (95% interval) | precision / recall | DU site (hardest) |\n"
             "|---|---|---|---|\n" + "\n".join(rows) + "\n")
 

@@ -38,11 +38,11 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from mriseg.io import Volume
+from mriseg.data.io import Volume
 
 MODEL_KNOWS = "The model only knows brain FLAIR MRI, so treat the outline as meaningless."
 
-# Colour: a picture is colour when this share of its pixels is coloured (``mriseg.io.colour_share``).
+# Colour: a picture is colour when this share of its pixels is coloured (``mriseg.data.io.colour_share``).
 COLOUR_PIXEL_SHARE = 0.05
 
 # Hounsfield units: CT air is -1000; below -500 lie air and lung, and no MRI value.
@@ -117,7 +117,7 @@ def check_input(volume: Volume) -> list[str]:
     """Warnings, one sentence each, for a decoded file that does not look like brain FLAIR MRI; [] when none.
 
     Args:
-        volume: the file as :func:`mriseg.io.read_volume` decoded it; its ``source`` keeps what decoding drops
+        volume: the file as :func:`mriseg.data.io.read_volume` decoded it; its ``source`` keeps what decoding drops
             (a raster file's colour, a DICOM header's modality).
 
     Example:

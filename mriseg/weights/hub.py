@@ -20,11 +20,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mriseg.bundle import CONFIG_NAME, WEIGHTS_NAME
+from mriseg.config import BUNDLED_WEIGHTS
+from mriseg.weights.bundle import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("mriseg")
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # Shipped beside the weights for the app's model page; a repo without them still serves.
 OPTIONAL_FILES = ("README.md", "training_log.csv", "evaluation.json")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mriseg.app.visualize import COLOURS, to_png
 from mriseg.postprocessing import PostprocessingConfig, binarize
-from mriseg.visualize import COLOURS, to_png
 
 # The shared threshold's range and step (the sidebar slider offers the same values).
 THRESHOLD_STEPS: tuple[float, ...] = tuple(round(0.05 + 0.01 * step, 2) for step in range(91))

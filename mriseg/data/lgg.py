@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mriseg.io import read_image_file, read_mask_file
+from mriseg.data.io import read_image_file, read_mask_file
 
 SLICE_PATTERN = re.compile(r"^(?P<patient>.+)_(?P<index>\d+)\.(?P<ext>png|tif|tiff)$", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""Helpers for the browser tests and benchmarks: serve the app on 127.0.0.1, drive Debian's Chromium.
+"""Helpers for the browser tests and the app benchmarks: serve the app on 127.0.0.1, drive Debian's Chromium.
 
 Playwright is a development dependency (requirements-dev.txt) and is imported only when a browser is launched.
 """
@@ -83,7 +83,7 @@ def open_sample(page, entry: dict) -> None:
     """
     from playwright.sync_api import expect
 
-    from mriseg.webapp import sample_button_key
+    from mriseg.app.webapp import sample_button_key
 
     css_class = "st-key-" + re.sub(r"[^a-zA-Z0-9_-]", "-", sample_button_key(entry))
     button = page.locator(f".{css_class} button")

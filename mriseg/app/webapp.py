@@ -17,14 +17,10 @@ import streamlit as st
 import torch
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from mriseg.bundle import load_segmenter, read_config
-from mriseg.cache import LRUCache
-from mriseg.case import Case, case_from_bytes, load_sample, sample_index
-from mriseg.errors import InputError
-from mriseg.explain import FeatureMaps, feature_maps
-from mriseg.inference import Probabilities, Segmenter
-from mriseg.postprocessing import PostprocessingConfig, binarize
-from mriseg.threshold_view import (
+from mriseg.app.cache import LRUCache
+from mriseg.app.case import Case, case_from_bytes, load_sample, sample_index
+from mriseg.app.explain import FeatureMaps, feature_maps
+from mriseg.app.threshold_view import (
     COMPONENT_CSS,
     COMPONENT_HTML,
     COMPONENT_JS,
@@ -35,7 +31,11 @@ from mriseg.threshold_view import (
     step_of,
     threshold_masks,
 )
-from mriseg.weights import WeightsSource, resolve_weights
+from mriseg.errors import InputError
+from mriseg.inference import Probabilities, Segmenter
+from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.weights.bundle import load_segmenter, read_config
+from mriseg.weights.hub import WeightsSource, resolve_weights
 
 DISCLAIMER = "For teaching and research only: not a medical device, never for diagnosis."
 PREDICTION_CACHE_ENTRIES = 24
@@ -411,7 +411,7 @@ def require_case() -> Case:
 @st.cache_data(show_spinner=False)
 def sample_thumbnails() -> list[tuple[dict, bytes]]:
     """Each gallery sample with a PNG preview (the middle slice of a volume), encoded once per process."""
-    from mriseg.visualize import display_image, to_png
+    from mriseg.app.visualize import display_image, to_png
 
     previews = []
     for entry in sample_index():

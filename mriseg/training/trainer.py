@@ -24,14 +24,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from mriseg.brain_extraction import strip_skull
-from mriseg.bundle import kept_epoch, load_model, save_bundle
-from mriseg.data import PatientCase, find_cases, load_split
+from mriseg.data.brain_extraction import strip_skull
+from mriseg.data.lgg import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, native_bf16, resolve_device
 from mriseg.metrics import dice
 from mriseg.model import UNet, UNetConfig, create_model, widen_input
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
+from mriseg.weights.bundle import kept_epoch, load_model, save_bundle
 
 LOG_NAME = "training_log.csv"
 # What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
@@ -66,7 +66,7 @@ class TrainConfig:
             whole batch: pooled, large tumours outweigh the small ones at a lesion's top and bottom slices, which
             are where the misses are (per-volume Dice counts a small lesion as much as a large one).
         skull_strip: share of the sampled training slices shown skull-stripped (brain only, made by
-            :mod:`mriseg.brain_extraction`), so the model stops reading a bright rim at the head's edge as scalp.
+            :mod:`mriseg.data.brain_extraction`), so the model stops reading a bright rim at the head's edge as scalp.
             Above 0, the validation that picks the epoch scores skull-stripped copies of the validation patients
             beside the originals, and the logged validation Dice is the mean over both.
     """

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mriseg.input_check import check_input
-from mriseg.io import Volume, read_mask, read_volume
-from mriseg.measure import tumour_size
-from mriseg.metrics import dice, iou
+from mriseg.config import SAMPLES_DIR
+from mriseg.data.input_check import check_input
+from mriseg.data.io import Volume, read_mask, read_volume
+from mriseg.metrics import dice, iou, tumour_size
 from mriseg.postprocessing import PostprocessingConfig, binarize
 from mriseg.preprocessing import darken_masked_background, find_head
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 CURVE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 # A Dice curve whose highest and lowest points lie closer than this is "flat": the threshold hardly matters there.
 FLAT_CURVE = 0.05
@@ -35,7 +34,7 @@ class Case:
         volume: the decoded image.
         truth: ground-truth mask (slices, H, W) when one is known.
         truth_source: where the ground truth came from, for display.
-        warnings: why the file may not be what the model knows (:func:`mriseg.input_check.check_input`), worked
+        warnings: why the file may not be what the model knows (:func:`mriseg.data.input_check.check_input`), worked
             out once when the file is opened.
     """
 

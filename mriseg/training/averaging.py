@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from mriseg.bundle import load_model, recipe_of, save_bundle
-from mriseg.data import find_cases
+from mriseg.data.lgg import find_cases
 from mriseg.inference import Segmenter, resolve_device
 from mriseg.model import UNet
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
-from mriseg.training import SliceDataset, per_volume_dice, prepare_slices, sampling_weights
+from mriseg.training.trainer import SliceDataset, per_volume_dice, prepare_slices, sampling_weights
+from mriseg.weights.bundle import load_model, recipe_of, save_bundle
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ Supported: PNG, JPEG, BMP, TIFF (8/16 bit, gray or colour, multi-page TIFF as a 
 Kaggle LGG layout stacks pre-contrast, FLAIR, post-contrast, so channel 1 is taken), DICOM (single file,
 multi-frame, a .zip of a series, or the loose files of one series: :func:`read_dicom_files`; a file with no or an
 unknown extension is read as DICOM when its content starts like one) and NIfTI (.nii, .nii.gz). NIfTI and DICOM are
-placed in scanner space and turned to axial slices (the model's view); :mod:`mriseg.dicom` reads DICOM geometry.
+placed in scanner space and turned to axial slices (the model's view); :mod:`mriseg.data.dicom` reads DICOM geometry.
 Every problem raises :class:`InputError`.
 """
 
@@ -213,7 +213,7 @@ def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
 
 
 def _read_dicom(data: bytes, filename: str) -> Volume:
-    from mriseg import dicom
+    from mriseg.data import dicom
 
     dataset = dicom.parse(data, filename)
     return _dicom_volume([(data, dataset)], filename, "DICOM")
@@ -237,7 +237,7 @@ def read_dicom_files(files: list[tuple[str, bytes]], filename: str) -> Volume:
     Raises:
         InputError: as :func:`read_volume` does, naming the file at fault where one is.
     """
-    from mriseg import dicom
+    from mriseg.data import dicom
 
     if not files:
         raise InputError(f"{filename}: no DICOM files")
@@ -253,7 +253,7 @@ def read_dicom_files(files: list[tuple[str, bytes]], filename: str) -> Volume:
 
 
 def _read_dicom_zip(data: bytes, filename: str) -> Volume:
-    from mriseg import dicom
+    from mriseg.data import dicom
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -282,7 +282,7 @@ def _read_dicom_zip(data: bytes, filename: str) -> Volume:
 
 def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str) -> Volume:
     """The DICOM files of one scan (content, parsed header) as axial slices with their scanner-space affine."""
-    from mriseg import dicom
+    from mriseg.data import dicom
 
     datasets = [dataset for _, dataset in images]
     _check_shape(filename, dicom.series_shape(datasets, filename))  # before any pixel is decoded
@@ -387,7 +387,7 @@ READERS = {"raster": _read_raster, "dicom": _read_dicom, "zip": _read_dicom_zip,
 
 
 def _decode(data: bytes, filename: str) -> Volume:
-    from mriseg.dicom import looks_like_dicom
+    from mriseg.data.dicom import looks_like_dicom
 
     if not data:
         raise InputError(f"{filename}: the file is empty")

@@ -3,7 +3,7 @@
 Each variant turns a skull-on LGG volume and its manual mask into a plausible scan of another kind, on which the
 same per-volume Dice is computed (``python -m mriseg evaluate --variant ...``):
 
-- ``skull-stripped``: brain only on an empty background (:mod:`mriseg.brain_extraction`);
+- ``skull-stripped``: brain only on an empty background (:mod:`mriseg.data.brain_extraction`);
 - ``resampled``: as a 1 mm research volume: in-plane pixels 20 % larger (the head shrinks to 80 %, centred on a
   240x240 grid) and three times as many, thinner slices (linear interpolation between the originals);
 - ``brats-like``: both, with the brain's intensities z-scored and the background 0, the layout of the BraTS
@@ -74,7 +74,7 @@ def make_variant(volume: np.ndarray, truth: np.ndarray, variant: str) -> tuple[n
         >>> image.shape, mask.shape
         ((10, 240, 240), (10, 240, 240))
     """
-    from mriseg.brain_extraction import strip_skull
+    from mriseg.data.brain_extraction import strip_skull
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")

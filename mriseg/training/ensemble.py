@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mriseg.bundle import LOG_MEMBER_COLUMN, load_model, log_by_member, recipe_of, save_bundle
 from mriseg.errors import InputError
-from mriseg.export import export_model
 from mriseg.model import UNet, UNetEnsemble, narrow_input, widen_input
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training import LOG_FIELDS, LOG_NAME
+from mriseg.training.export import export_model
+from mriseg.training.trainer import LOG_FIELDS, LOG_NAME
+from mriseg.weights.bundle import LOG_MEMBER_COLUMN, load_model, log_by_member, recipe_of, save_bundle
 
 MEMBER_COLUMN = LOG_MEMBER_COLUMN
 # What each member's entry in the ensemble's config keeps of its own config: how it was made, not what the

@@ -1,0 +1,2 @@
+"""Per-volume evaluation reports, robustness copies of the validation patients, speed benchmarks.
+"""

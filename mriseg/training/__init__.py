@@ -1,0 +1,2 @@
+"""Training, weight averaging, ensembling, and exporting a tuned weights folder with its model card.
+"""
