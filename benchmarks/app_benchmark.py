@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -117,6 +118,21 @@ def threshold_to_overlay(url: str, browser, sessions: int, presses: int) -> list
     return times
 
 
+def cold_start(warm: bool) -> float:
+    """Seconds from opening the page of a freshly started server to the first overlay of a gallery sample."""
+    from playwright.sync_api import expect
+
+    entry = max((e for e in sample_index() if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
+    with launch_browser() as browser, streamlit_server(warm=warm) as (url, _):
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        started = time.perf_counter()
+        page.goto(url)
+        open_sample(page, entry)
+        expect(page.locator("canvas.overlay")).to_have_attribute("data-threshold", re.compile(r"\d\.\d\d"),
+                                                                 timeout=120_000)
+        return time.perf_counter() - started
+
+
 def concurrent_sessions(url: str, browser, sessions: int) -> dict:
     """``sessions`` pages each open a different gallery sample at once; time until every overlay shows."""
     from playwright.sync_api import expect
@@ -153,6 +169,8 @@ def main() -> None:
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} missing: browser timings skipped")
         return
+    for warm, how in ((False, "streamlit run app.py"), (True, "mriseg serve")):
+        print(f"page open -> first overlay on a fresh server ({how}): {cold_start(warm):.2f} s")
     sample = REPO_ROOT / "samples" / "TCGA_HT_7686_19950629_10.png"
     with streamlit_server() as (url, server), launch_browser() as browser:
         for sessions in (1, args.sessions):

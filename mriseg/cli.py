@@ -6,31 +6,43 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mriseg.config import DEFAULT_SPLIT
 from mriseg.errors import InputError
 
+if TYPE_CHECKING:
+    from mriseg.training.trainer import TrainConfig
 
-def _train(args: argparse.Namespace) -> int:
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe the ``train`` flags ask for.
+
+    A flag left out parses as None and the recipe keeps its dataclass's default: :class:`TrainConfig`,
+    :class:`UNetConfig` and :class:`PreprocessingConfig` are the one home of each default (the parser names none, so
+    building it imports neither torch nor OpenCV).
+    """
     from mriseg.model import UNetConfig
     from mriseg.preprocessing import PreprocessingConfig
-    from mriseg.training.trainer import TrainConfig, train
+    from mriseg.training.trainer import TrainConfig
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        steps_per_epoch=args.steps_per_epoch,
-        seed=args.seed,
-        bf16=not args.fp32,
-        augmentation=args.augmentation,
-        recall_weight=args.recall_weight,
-        dice_per_slice=args.dice_per_slice,
-        skull_strip=args.skull_strip,
-        architecture=UNetConfig(in_channels=1 + 2 * args.context, base_width=args.width, depth=args.depth),
-        preprocessing=PreprocessingConfig(grid_size=args.grid, context_slices=args.context,
-                                          normalize_over=args.normalize_over),
-    )
+    def given(**values) -> dict:
+        return {name: value for name, value in values.items() if value is not None}
+
+    preprocessing = PreprocessingConfig(**given(grid_size=args.grid, context_slices=args.context,
+                                                normalize_over=args.normalize_over))
+    architecture = UNetConfig(in_channels=1 + 2 * preprocessing.context_slices,
+                              **given(base_width=args.width, depth=args.depth))
+    return TrainConfig(architecture=architecture, preprocessing=preprocessing, **given(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed, bf16=False if args.fp32 else None, augmentation=args.augmentation,
+        recall_weight=args.recall_weight, dice_per_slice=args.dice_per_slice, skull_strip=args.skull_strip))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mriseg.training.trainer import train
+
+    config = train_config(args)
     state = train(args.data, args.out, args.split, config, device=args.device, resume=args.resume,
                   max_patients=args.max_patients, init_from=args.init,
                   time_budget=None if args.minutes is None else 60 * args.minutes, workers=args.workers)
@@ -122,6 +134,12 @@ def _predict(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mriseg.app.serve import serve
+
+    return serve(args.streamlit_options, device=args.device)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -251,31 +269,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="folder of patient folders (Kaggle LGG layout)")
     train.add_argument("--out", default="runs/unet", help="run folder: checkpoint, log, best/ weights")
     train.add_argument("--split", default=str(DEFAULT_SPLIT), help="patient split JSON (train/validation)")
-    train.add_argument("--epochs", type=int, default=40)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training slices")
-    train.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
-    train.add_argument("--depth", type=int, default=4, help="number of down-sampling steps")
-    train.add_argument("--grid", type=int, default=128, help="side of the square grid the model sees")
-    train.add_argument("--context", type=int, default=0,
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--steps-per-epoch", type=int, help="0: one pass over the training slices")
+    train.add_argument("--width", type=int, help="channels of the first U-Net level")
+    train.add_argument("--depth", type=int, help="number of down-sampling steps")
+    train.add_argument("--grid", type=int, help="side of the square grid the model sees")
+    train.add_argument("--context", type=int,
                        help="neighbouring slices on each side fed as extra input channels (2.5D); 0: the slice alone")
-    train.add_argument("--normalize-over", choices=("slice", "volume"), default="slice",
+    train.add_argument("--normalize-over", choices=("slice", "volume"),
                        help="z-score intensities over each slice's head, or over the head in the whole volume")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--fp32", action="store_true",
                        help="train in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
-    train.add_argument("--augmentation", choices=("standard", "strong", "mri"), default="standard",
+    train.add_argument("--augmentation", choices=("standard", "strong", "mri"),
                        help="strong: also gamma, blur, noise and wider rotation/scale; mri: strong plus bias field, "
                             "anisotropic resampling and thinner slices (TorchIO)")
-    train.add_argument("--skull-strip", type=fraction, default=0.0,
+    train.add_argument("--skull-strip", type=fraction,
                        help="share of training slices shown skull-stripped (brain only); above 0 the epoch is also "
                             "picked on skull-stripped copies of the validation patients")
-    train.add_argument("--recall-weight", type=recall_weight, default=0.5,
+    train.add_argument("--recall-weight", type=recall_weight,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")
-    train.add_argument("--dice-per-slice", action="store_true",
+    train.add_argument("--dice-per-slice", action="store_true", default=None,
                        help="Dice term on each slice with tumour, averaged (default: over the whole batch), so the "
                             "small tumour at a lesion's edges counts as much as its large middle")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
@@ -374,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--out", required=True, help="folder for unet1, unet2, ...")
     members.set_defaults(handler=_members)
 
+    serve = commands.add_parser("serve", help="run the app with the model loaded and warmed up before the first "
+                                "visitor (streamlit run app.py, faster first page)")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    serve.epilog = "Any other option goes to `streamlit run`, e.g. --server.port 8501 --server.address 0.0.0.0"
+    serve.set_defaults(handler=_serve)
+
     bench = commands.add_parser("bench", help="inference latency and throughput")
     bench.add_argument("--weights", default=None, help="weights folder (default: resolved as for the app)")
     bench.add_argument("--slices", type=int, default=32, help="slices in the volume benchmark")
@@ -383,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.handler is _serve:  # Streamlit's own options go on to `streamlit run`
+        args.streamlit_options = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except (InputError, FileNotFoundError, ValueError) as error:

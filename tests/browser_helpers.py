@@ -29,13 +29,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(startup_timeout: float = 90.0, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``streamlit run app.py`` on 127.0.0.1 at a free port; yields (url, process) and stops it afterwards."""
+def streamlit_server(startup_timeout: float = 120.0, env: dict | None = None,
+                     warm: bool = False) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The app on 127.0.0.1 at a free port; yields (url, process) and stops it afterwards.
+
+    ``warm``: started as ``mriseg serve`` (model loaded and run before the server listens), else with a plain
+    ``streamlit run app.py``.
+    """
     port = free_port()
     environment = dict(os.environ, MRISEG_HF_REPO="", PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    command = [sys.executable, "-m", "mriseg", "serve"] if warm else [sys.executable, "-m", "streamlit", "run",
+                                                                      "app.py"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        [*command, "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
         cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -143,7 +143,7 @@ def require_chromium() -> None:
 def served():
     """The running app: (url, server process)."""
     require_chromium()
-    with streamlit_server() as running:
+    with streamlit_server(warm=True) as running:  # as `mriseg serve`, the README's way to run the app
         yield running
 
 

@@ -51,6 +51,8 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
     # Compare page: upload the matching ground truth and read a Dice value.
     page.get_by_role("link", name="Compare with ground truth").click()
     expect(page.get_by_role("heading", name="Compare with ground truth")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.locator("input[type=file]")).to_have_count(1)  # the Segment page's uploader has gone
     page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["mask"]))
     dice_metric = page.locator("[data-testid='stMetric']").filter(has_text="Dice").first
     expect(dice_metric).to_be_visible()

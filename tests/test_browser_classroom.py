@@ -141,6 +141,10 @@ def test_an_uploaded_mask_is_named_as_the_users_own(server, browser, largest):
     page.locator("input[type=file]").set_input_files(str(SAMPLES / largest["image"]))
     settled(page)
     page.get_by_role("link", name="Compare with ground truth").click()
+    # The Compare page's own uploader, once the Segment page's has gone.
+    expect(page.get_by_text("Ground-truth mask (optional)")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.locator("input[type=file]")).to_have_count(1)
     page.locator("input[type=file]").set_input_files(str(SAMPLES / largest["mask"]))
     expect(page.locator("[data-testid='stMetric']").filter(has_text="Dice").first).to_be_visible()
     page.get_by_role("link", name="Segment").click()

@@ -177,3 +177,13 @@ def test_train_smoke(tmp_path, kaggle_folder, slice_samples, extra):
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
     done = next(line for line in result.stdout.splitlines() if line.startswith("done:"))
     assert 0.0 <= float(done.split("per-volume Dice ")[1].split()[0]) <= 1.0
+
+
+def test_the_parser_builds_without_torch_or_opencv():
+    # The train flags name no defaults (the recipe's dataclasses hold them), so --help and a typo stay instant.
+    code = ("import sys; from mriseg.cli import build_parser; build_parser().parse_args(['train', '--data', 'd']); "
+            "print(sorted({'torch', 'cv2'} & set(sys.modules)))")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -9,16 +9,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import WEIGHTS
 
-from mriseg.cli import build_parser, main
+from mriseg.cli import build_parser, main, train_config
 from mriseg.model import UNetConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training.averaging import average_epochs
-from mriseg.training.export import describe_stages, export_run
+from mriseg.training.export import describe_stages, export_run, model_card, train_options
 from mriseg.training.trainer import TrainConfig, train
 from mriseg.weights.bundle import load_segmenter, read_config
-
-pytestmark = pytest.mark.slow
 
 
 def log_epochs(path) -> list[int]:
@@ -26,6 +25,7 @@ def log_epochs(path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
+@pytest.mark.slow
 def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, monkeypatch):
     patients = sorted({e["patient"] for e in slice_samples})
     split = tmp_path / "split.json"
@@ -107,6 +107,7 @@ def test_average_command_rejects_a_bad_range(capsys):
     assert "not a list of epochs like 55-67" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice_samples):
     patients = sorted({e["patient"] for e in slice_samples})
     split = tmp_path / "split.json"
@@ -142,6 +143,7 @@ def test_a_one_slice_model_warm_starts_a_2_5d_run(kaggle_folder, tmp_path, slice
         train(kaggle_folder, tmp_path / "stage3", split, flat, device="cpu", init_from=tmp_path / "shipped")
 
 
+@pytest.mark.slow
 def test_a_warm_restart_moves_to_a_finer_grid(kaggle_folder, tmp_path, slice_samples):
     patients = sorted({e["patient"] for e in slice_samples})
     split = tmp_path / "split.json"
@@ -187,3 +189,31 @@ def test_the_card_tells_a_stage_cut_off_by_a_time_limit_and_trained_on_a_gpu():
     assert lines[0] == ("  - stage 1: from scratch on a GPU, epochs 1-66 of 82 scheduled (stopped there by a "
                         "time limit), peak learning rate 0.002; kept best epoch 63.")
     assert lines[1].startswith("  - stage 2: warm restart from the weights of stage 1, epochs 64-83,")
+
+
+def test_the_shipped_card_is_the_template_filled_in_from_the_shipped_config():
+    report = json.loads((WEIGHTS / "evaluation.json").read_text())
+    assert model_card(read_config(WEIGHTS), report) == (WEIGHTS / "README.md").read_text()
+
+
+def parse_train(*flags: str) -> TrainConfig:
+    return train_config(build_parser().parse_args(["train", "--data", "d", *flags]))
+
+
+def test_train_command_defaults_are_the_recipe_defaults():
+    assert parse_train() == TrainConfig()
+
+
+RECIPE = TrainConfig(epochs=12, batch_size=8, learning_rate=5e-4, seed=3, bf16=False, augmentation="mri",
+                     recall_weight=0.7, dice_per_slice=True, skull_strip=0.5,
+                     architecture=UNetConfig(in_channels=3, base_width=32, depth=3),
+                     preprocessing=PreprocessingConfig(grid_size=192, context_slices=1, normalize_over="volume"))
+
+
+@pytest.mark.parametrize("recipe", [TrainConfig(), RECIPE])
+def test_a_cards_train_command_makes_the_recipe_again(recipe):
+    stage = {"training": recipe.to_dict(), "preprocessing": recipe.preprocessing.to_dict(),
+             "mixed_precision": "bf16" if recipe.bf16 else "fp32"}
+    options = train_options(stage, {"architecture": recipe.architecture.to_dict()})
+    assert (options == "") == (recipe == TrainConfig())  # the defaults go without saying
+    assert parse_train("--epochs", str(recipe.epochs), "--lr", str(recipe.learning_rate), *options.split()) == recipe

@@ -96,6 +96,26 @@ def load_model(device: str) -> LoadedModel:
     return LoadedModel(segmenter, source, read_config(source.folder))
 
 
+def warm_up(device: str = "auto") -> LoadedModel:
+    """Load the model and run it once on every gallery sample, before the first visitor comes.
+
+    For ``mriseg serve``: the imports, the weights, the first forward pass (where PyTorch sets up its kernels)
+    and the gallery's predictions then cost the first student nothing. The caches filled are the ones the app
+    uses (:func:`load_model` and :func:`prediction_cache` are process-wide).
+    """
+    model = load_model(device)
+    for entry in sample_index():
+        case = load_sample(entry)
+        key = (case.digest, model.version, str(model.segmenter.device), False)
+        if prediction_cache().get(key) is None:
+            started = time.perf_counter()
+            probabilities = model.segmenter.predict(case.volume.pixels)
+            prediction = Prediction(probabilities, time.perf_counter() - started, model.segmenter.device_label)
+            prediction_cache().put(key, prediction)
+            threshold_cache().put(key, threshold_masks(probabilities.mean, model.postprocessing))
+    return model
+
+
 @st.cache_resource(show_spinner=False)
 def prediction_cache() -> LRUCache:
     """One bounded cache for the whole server, so memory stays flat as sessions come and go."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 from mriseg.data.lgg import find_cases
 from mriseg.evaluation.report import (
@@ -26,7 +28,7 @@ from mriseg.evaluation.report import (
 from mriseg.inference import Segmenter
 from mriseg.model import Segmentation
 from mriseg.preprocessing import PreprocessingConfig
-from mriseg.training.trainer import LOG_NAME
+from mriseg.training.trainer import LOG_NAME, TrainConfig
 from mriseg.weights.bundle import (
     context_of,
     grid_of,
@@ -44,6 +46,8 @@ from mriseg.weights.bundle import (
 from mriseg.weights.bundle import (
     member_origins as member_origins,  # moved to bundle (light for the app); still importable
 )
+
+CARD_TEMPLATE = "card_template.md"  # in the mriseg.weights package
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
@@ -164,133 +168,83 @@ def how_member_joined(member: dict, ensemble: dict) -> str:
     return notes
 
 
+def card_template() -> Template:
+    """The model card's text with ``$name`` fields (``mriseg/weights/card_template.md``, shipped with the package)."""
+    return Template(resources.files("mriseg.weights").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8"))
+
+
 def model_card(config: dict, report: dict) -> str:
-    """The Hugging Face model card, written from the config and the validation report."""
+    """The Hugging Face model card: :func:`card_template` filled in from the config and the validation report."""
     members = member_configs(config)
     training = members[0]["training"]
-    post = config["postprocessing"]
-    dice = report["per_volume_dice"]
-    n_train, n_validation = len(config["split"]["train"]), len(config["split"]["validation"])
-    seeds = ", ".join(str(member["training"]["seed"]) for member in members)
+    preprocessing, post, dice = config["preprocessing"], config["postprocessing"], report["per_volume_dice"]
+    stages, reproduce = training_history(config)
+    return card_template().substitute(
+        architecture=describe_architecture(config["architecture"]),
+        input=describe_input(preprocessing), normalization=describe_normalization(preprocessing),
+        clip_low=preprocessing["clip_low"], clip_high=preprocessing["clip_high"], grid=preprocessing["grid_size"],
+        threshold=f"{post['threshold']:.2f}", fill_note=fill_note(post),
+        min_component=f"{post['min_component_fraction']:.2%}", min_volume=f"{post['min_volume_fraction']:.0%}",
+        n_train=len(config["split"]["train"]), n_validation=len(config["split"]["validation"]),
+        weight_decay=training["weight_decay"], batch_size=training["batch_size"],
+        augmentation_note=augmentation_note(stages),
+        seeds=", ".join(str(member["training"]["seed"]) for member in members),
+        stages=stages, n_patients=report["n_patients"], n_slices=report["n_slices"],
+        dice_mean=f"{dice['mean']:.3f}", dice_interval=interval_text(report), dice_median=f"{dice['median']:.3f}",
+        dice_min=f"{dice['min']:.3f}", positive_slice_dice=optional(report["positive_slice_dice"], ".3f"),
+        positive_slice_detection=optional(report["positive_slice_detection_rate"], ".1%"),
+        empty_slice_false_positives=optional(report["empty_slice_fp_rate"], ".1%"),
+        iou=f"{report['iou']:.3f}", precision=f"{report['precision']:.3f}", recall=f"{report['recall']:.3f}",
+        hd95=optional(report["hd95_px"], ".1f"), sites=site_text(report), robustness=robustness_section(report),
+        calibration=calibration_note(report), reproduce=reproduce)
+
+
+def training_history(config: dict) -> tuple[str, str]:
+    """The card's training stages (one bullet each; an ensemble's under each of its U-Nets) and the commands that
+    reproduce the weights."""
+    members = member_configs(config)
     if len(members) == 1:
         stages = training_stages(config)
-        stages_text, reproduce = describe_stages(stages), reproduce_commands(stages, config)
-    else:
-        histories = [training_stages(member) for member in members]
-        texts, commands = [], []
-        for number, (member, stages) in enumerate(zip(members, histories, strict=True), start=1):
-            source, shared = shared_start(stages, histories[: number - 1])
-            lines = describe_stages(stages).replace("  - ", "    - ").splitlines()
-            if shared:
-                lines[:shared] = [f"    - stage{'s' * (shared > 1)} 1{f'-{shared}' * (shared > 1)}: those of "
-                                  f"U-Net {source} (the same weights)."]
-            texts.append(f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
-                         + "\n".join(lines))
-            # A member that branched off before another's last stage starts from that stage's weights.
-            start = None
-            if shared:
-                whole = shared == len(histories[source - 1])
-                start = f"runs/unet{source}/weights" if whole else f"runs/unet{source}-stage{shared}/weights"
-            commands.append(reproduce_commands(stages[shared:], member, run=f"runs/unet{number}-stage",
-                                               final_out=f"runs/unet{number}/weights", first_number=shared + 1,
-                                               init=start))
-        stages_text, reproduce = "\n".join(texts), "\n".join(commands)
-        folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
-        reproduce += f"\npython -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights"
-    strong_note = ("; stages marked *strong augmentation* also had gamma, blur and noise, rotation ±15° and scale "
-                   "0.8-1.2" if "augmentation*" in stages_text else "")
-    if "*MRI augmentation*" in stages_text:
-        strong_note += ("; stages marked *MRI augmentation* had all of that and, with TorchIO, a random bias field "
-                        "and anisotropic resampling (a thick-slice sagittal or coronal scan reformatted to axial), "
-                        "and neighbouring slices drawn closer to the slice (thinner slices)")
-    fill_note = (" holes the mask encloses on a slice filled (a dark core inside the abnormality counts as tumour, "
-                 "as in the training masks);" if post.get("fill_holes") else "")
-    return f"""---
-license: cc-by-nc-sa-4.0
-library_name: pytorch
-tags: [medical-imaging, segmentation, mri, brain-tumor, unet, teaching]
-pipeline_tag: image-segmentation
----
+        return describe_stages(stages), reproduce_commands(stages, config)
+    histories = [training_stages(member) for member in members]
+    texts, commands = [], []
+    for number, (member, stages) in enumerate(zip(members, histories, strict=True), start=1):
+        source, shared = shared_start(stages, histories[: number - 1])
+        lines = describe_stages(stages).replace("  - ", "    - ").splitlines()
+        if shared:
+            lines[:shared] = [f"    - stage{'s' * (shared > 1)} 1{f'-{shared}' * (shared > 1)}: those of "
+                              f"U-Net {source} (the same weights)."]
+        texts.append(f"  - U-Net {number} (seed {member['training']['seed']}{how_member_joined(member, config)}):\n"
+                     + "\n".join(lines))
+        # A member that branched off before another's last stage starts from that stage's weights.
+        start = None
+        if shared:
+            whole = shared == len(histories[source - 1])
+            start = f"runs/unet{source}/weights" if whole else f"runs/unet{source}-stage{shared}/weights"
+        commands.append(reproduce_commands(stages[shared:], member, run=f"runs/unet{number}-stage",
+                                           final_out=f"runs/unet{number}/weights", first_number=shared + 1,
+                                           init=start))
+    folders = " ".join(f"runs/unet{number}/weights" for number in range(1, len(members) + 1))
+    commands.append(f"python -m mriseg ensemble --members {folders} --data ../shared/data/lgg-flair --out weights")
+    return "\n".join(texts), "\n".join(commands)
 
-# mriseg U-Net: FLAIR abnormality of lower-grade glioma
 
-A 2D U-Net that marks the FLAIR hyperintense abnormality of lower-grade glioma on axial brain MRI slices.
-It powers the **mriseg** teaching app.
+def augmentation_note(stages: str) -> str:
+    """What the card's stages marked with a stronger augmentation (see :func:`describe_stages`) had beyond the
+    standard one."""
+    note = ("; stages marked *strong augmentation* also had gamma, blur and noise, rotation ±15° and scale "
+            "0.8-1.2" if "augmentation*" in stages else "")
+    if "*MRI augmentation*" in stages:
+        note += ("; stages marked *MRI augmentation* had all of that and, with TorchIO, a random bias field "
+                 "and anisotropic resampling (a thick-slice sagittal or coronal scan reformatted to axial), "
+                 "and neighbouring slices drawn closer to the slice (thinner slices)")
+    return note
 
-> **Intended use: teaching and research only. Not a medical device; never use it for diagnosis, treatment
-> or any decision about a patient.**
 
-## Model
-{describe_architecture(config["architecture"])}
-- Input: {describe_input(config['preprocessing'])}, each clipped to the
-  {config['preprocessing']['clip_low']}-{config['preprocessing']['clip_high']} percentiles of the head, z-scored
-  over the head {describe_normalization(config['preprocessing'])}, padded to a square and resized to
-  {config['preprocessing']['grid_size']}x{config['preprocessing']['grid_size']}; probabilities are resized back to
-  the original slice. All of this is stored in `config.json` and applied by `mriseg` itself, so any intensity scale
-  (8-bit PNG, 16-bit DICOM, float NIfTI, a skull-stripped scan z-scored around a 0 background) gives the same
-  input.
-- Expected input: axial brain FLAIR, with or without the skull (DICOM and NIfTI volumes in other orientations are
-  turned to axial first); other sequences, other body parts and colour images are outside what it knows.
-- Output: tumour probability per pixel; default threshold **{post['threshold']:.2f}**;{fill_note} 2D connected
-  components smaller than {post['min_component_fraction']:.2%} of the slice removed and, in volumes, 3D components
-  smaller than {post['min_volume_fraction']:.0%} of the largest one removed (all three tuned on the validation
-  patients).
-
-## Training
-- Data: LGG Segmentation Dataset (Kaggle `mateuszbuda/lgg-mri-segmentation`, TCGA-LGG via The Cancer Imaging
-  Archive), 90 patients available to us; FLAIR channel only; manual masks approved by a board-certified
-  radiologist. Cite Buda, Saha, Mazurowski, Computers in Biology and Medicine 109 (2019) and Mazurowski et al.,
-  Journal of Neuro-Oncology (2017).
-- Split by **patient**, stratified by scanner site: {n_train} training, {n_validation} validation patients
-  (listed in `config.json`). No slice of a validation patient was used for training.
-- Recipe: BCE + soft Dice loss, AdamW (cosine decay after a short warm-up, weight decay
-  {training['weight_decay']}), batch {training['batch_size']}, half of the sampled slices with tumour;
-  augmentation with torchvision.transforms.v2 applied jointly to image and mask (mirror, rotation ±10°,
-  scale 0.9-1.1, shift, intensity jitter{strong_note}); seed {seeds}. Epochs and weights were chosen by validation
-  per-volume Dice:
-{stages_text}
-- The per-epoch log of the whole history is `training_log.csv`.
-
-## Results on the {report['n_patients']} validation patients ({report['n_slices']} slices)
-Per-volume Dice is the headline: all slices of a patient stacked, one Dice per patient (as in Buda et al.
-2019). Slice-averaged Dice would look better because most slices are empty.
-
-| metric | value |
-|---|---|
-| per-volume Dice, mean | {dice['mean']:.3f} (95% interval {interval_text(report)}) |
-| per-volume Dice, median | {dice['median']:.3f} |
-| per-volume Dice, worst patient | {dice['min']:.3f} |
-| Dice over slices with tumour | {optional(report['positive_slice_dice'], '.3f')} |
-| slices with tumour where the mask touches it | {optional(report['positive_slice_detection_rate'], '.1%')} |
-| slices without tumour given a false positive | {optional(report['empty_slice_fp_rate'], '.1%')} |
-| IoU, per volume, mean | {report['iou']:.3f} |
-| precision / recall, per volume, mean | {report['precision']:.3f} / {report['recall']:.3f} |
-| HD95 (pixels, mean over patients with a prediction) | {optional(report['hd95_px'], '.1f')} |
-
-By scanner site (per-volume Dice mean): {site_text(report)}.
-{robustness_section(report)}
-{calibration_note(report)}
-The interval is a bootstrap over the {report['n_patients']} patients: where the mean could land on another draw of
-as many patients. With this few, a difference of 0.01 between two models' means says little on its own;
-`python -m mriseg compare-reports` pairs each patient with itself for a sharper test.
-These validation patients also chose the epoch and the threshold, so the numbers are slightly optimistic;
-20 further patients of the data set are kept aside for an independent evaluation. Published patient-level
-results on this data set are 0.82-0.84 mean Dice. Full report: `evaluation.json`.
-
-## Limitations
-- FLAIR only, axial 2D slices; trained on 5 scanner sites of one public collection (TCGA-LGG). Other sites,
-  sequences, pathologies or children were never seen. The robustness copies above are made from the same
-  patients; real scans from elsewhere (other scanners, high-grade glioma with necrosis and enhancement) can do
-  worse.
-- Small lesions (a few hundred pixels) are segmented less reliably than large ones; slices at the top and
-  bottom of the head produce most false positives.
-
-## Reproduce
-```
-{reproduce}
-python -m mriseg evaluate --data ../shared/data/lgg-flair --subset validation
-```
-"""
+def fill_note(postprocessing: dict) -> str:
+    """The card's note on filled holes, when the post-processing fills them."""
+    return (" holes the mask encloses on a slice filled (a dark core inside the abnormality counts as tumour, "
+            "as in the training masks);" if postprocessing.get("fill_holes") else "")
 
 
 ROBUSTNESS_LABELS = {
@@ -408,17 +362,26 @@ def describe_stages(stages: list[dict]) -> str:
 
 
 def train_options(stage: dict, model: dict) -> str:
-    """The ``train`` flags, beyond epochs and learning rate, that differ from the defaults for this stage."""
+    """The ``train`` flags, beyond epochs and learning rate, that differ from the defaults for this stage.
+
+    The defaults are the recipe's own (:class:`TrainConfig` and the :class:`UNetConfig` and
+    :class:`PreprocessingConfig` in it), which the ``train`` command also falls back on.
+    """
     training, arch = stage["training"], model["architecture"]
     preprocessing = trained_preprocessing(stage) or trained_preprocessing(model)
-    options = [f"--{name} {value}" for name, value, default in (
-        ("width", arch["base_width"], 16), ("depth", arch["depth"], 4), ("grid", preprocessing["grid_size"], 128),
-        ("context", context_of(preprocessing), 0), ("normalize-over", normalization_of(preprocessing), "slice"),
-        ("batch-size", training["batch_size"], 16), ("seed", training["seed"], 0),
-        # runs from before the strong recipe existed record no augmentation
-        ("augmentation", training.get("augmentation", "standard"), "standard"),
-        ("recall-weight", training.get("recall_weight", 0.5), 0.5),
-        ("skull-strip", training.get("skull_strip", 0.0), 0.0)) if value != default]
+    default = TrainConfig()
+    options = [f"--{name} {value}" for name, value, default_value in (
+        ("width", arch["base_width"], default.architecture.base_width),
+        ("depth", arch["depth"], default.architecture.depth),
+        ("grid", preprocessing["grid_size"], default.preprocessing.grid_size),
+        ("context", context_of(preprocessing), default.preprocessing.context_slices),
+        ("normalize-over", normalization_of(preprocessing), default.preprocessing.normalize_over),
+        ("batch-size", training["batch_size"], default.batch_size), ("seed", training["seed"], default.seed),
+        # runs from before an option existed record none: they trained without it (standard augmentation, soft
+        # Dice, no skull-stripped slices), whatever the default is now
+        ("augmentation", training.get("augmentation", "standard"), default.augmentation),
+        ("recall-weight", training.get("recall_weight", 0.5), default.recall_weight),
+        ("skull-strip", training.get("skull_strip", 0.0), default.skull_strip)) if value != default_value]
     if training.get("dice_per_slice"):
         options.append("--dice-per-slice")
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision

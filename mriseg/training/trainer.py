@@ -424,89 +424,171 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
         workers: data-loading worker processes (0: augment in the training process). A GPU trains faster than
             one CPU core augments, so give it a few.
     """
-    started_run = time.time()
+    started = time.time()
+    check_recipe(config)
+    run = TrainingRun(config, out_dir, device, init_from, time_budget, workers, started)
+    seed_everything(config.seed)
+    run.load_split_and_starting_weights(split_path)
+    run.prepare_slices(data_dir, max_patients)
+    resuming = resume and run.has_checkpoint()
+    run.build_model_and_optimiser(resuming)
+    if resuming:
+        run.resume()
+    epoch = run.state["epoch"] + 1
+    while epoch <= run.config.epochs:  # a time budget may shorten the schedule as the run goes
+        epoch_started = time.time()
+        losses = run.train_epoch(epoch)
+        scores = run.validate()
+        row = run.log_row(epoch, losses, scores, epoch_started)
+        run.fit_schedule_to_time_budget(epoch, row["seconds"])
+        run.record_epoch(epoch, row)
+        epoch += 1
+    return run.state
+
+
+def check_recipe(config: TrainConfig) -> None:
+    """Refuse a recipe whose U-Net does not take the input its preprocessing makes."""
     context = config.preprocessing.context_slices
     if config.architecture.in_channels != config.preprocessing.input_channels:
         raise ValueError(f"the U-Net takes {config.architecture.in_channels} input channels but the preprocessing "
                          f"makes {config.preprocessing.input_channels} (the slice and {context} on each side)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
 
-    split = load_split(split_path)
-    if init_from is not None:  # checked before minutes of slice preparation, not after
-        initial, initial_config = load_model(init_from)
-        initial_state = _initial_state(initial, initial_config, config, str(init_from))
-        if initial_config.get("split") != split:
-            raise ValueError(f"{init_from} was trained on another patient split: its validation patients would "
-                             "leak into training or stop being unseen")
-    cases = {case.name: case for case in find_cases(data_dir)}
-    missing = [name for name in split["train"] + split["validation"] if name not in cases]
-    if missing:
-        raise FileNotFoundError(f"patients of the split not found in {data_dir}: {missing[:5]}")
-    train_cases = [cases[name] for name in split["train"][:max_patients]]
-    validation_cases = [cases[name] for name in split["validation"][:max_patients]]
 
-    preprocessor = Preprocessor(config.preprocessing)
-    images, masks, stripped = prepare_slices(train_cases, preprocessor, "preparing training slices",
-                                             skull_stripped=config.skull_strip > 0)
-    validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
-    dataset = SliceDataset(images, masks, training_augmentation(config.augmentation), stripped, config.skull_strip)
-    weights = sampling_weights(masks, config.positive_fraction)
-    steps_per_epoch = config.steps_per_epoch or math.ceil(len(dataset) / config.batch_size)
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    checkpoint_dir = out_dir / "checkpoint"
-    resuming = resume and (checkpoint_dir / "checkpoint.safetensors").exists()
-    model = create_model(config.architecture)
-    recipe = {"training": dict(config.to_dict(), init_from=None if init_from is None else str(init_from)),
-              "split": split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
-              "device_trained_on": device.type}
-    # A warm restart continues the history of the weights it starts from: its epochs are numbered after the
-    # epoch those weights come from, and their log up to that epoch opens this run's log.
-    epoch_offset = 0
-    if init_from is not None:
-        model.load_state_dict(initial_state)
-        epoch_offset = kept_epoch(initial_config)
-        recipe["initialised_from"] = {key: initial_config[key] for key in LINEAGE_KEYS if key in initial_config}
-        if not resuming:
-            _start_log_from(Path(init_from) / LOG_NAME, out_dir / LOG_NAME, epoch_offset)
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    mixed_precision = config.bf16 and native_bf16(device)
-    recipe["mixed_precision"] = "bf16" if mixed_precision else "fp32"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": epoch_offset}
-    if resuming:
-        state = _load_checkpoint(checkpoint_dir, model, optimizer)
-        tqdm.write(f"resumed from {checkpoint_dir} after epoch {state['epoch']}")
-        if "fitted_epochs" in state:  # a time budget already fixed the schedule's length
-            config = replace(config, epochs=state["fitted_epochs"])
-            recipe["training"].update(epochs=config.epochs, time_budget_s=state.get("time_budget_s"))
-    epoch_offset = state.get("epoch_offset", 0)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
-    epoch, epoch_seconds = state["epoch"] + 1, []
-    while epoch <= config.epochs:
-        started = time.time()
+
+class TrainingRun:
+    """One call of :func:`train`: the data, model, optimiser and counters its steps share, one method a step
+    (:func:`train` calls them in order). ``config`` and ``recipe`` (what the weights folders record) change on the
+    way when a time budget fixes the epoch count.
+    """
+
+    split: dict
+    initial_state: dict | None  # the weights a warm restart starts from
+    initial_config: dict | None
+    validation: list[tuple[str, np.ndarray, np.ndarray]]
+    dataset: SliceDataset
+    sampling_weights: np.ndarray
+    steps_per_epoch: int
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    memory_format: torch.memory_format
+    mixed_precision: bool
+    recipe: dict
+    state: dict  # what the checkpoint keeps and train() returns: epochs done, best Dice and epoch ...
+    epoch_offset: int  # a warm restart's epochs are numbered after those of its starting weights
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, device: str | None, init_from: str | Path | None,
+                 time_budget: float | None, workers: int, started: float) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = self.out_dir / "checkpoint"
+        self.device = resolve_device(device)
+        self.init_from = init_from
+        self.time_budget = time_budget
+        self.workers = workers
+        self.started = started
+        self.epoch_seconds: list[float] = []
+
+    def load_split_and_starting_weights(self, split_path: str | Path) -> None:
+        """Read the patient split and, for a warm restart, the starting weights, checked against the recipe and the
+        split."""
+        self.split = load_split(split_path)
+        self.initial_state = self.initial_config = None
+        if self.init_from is not None:  # checked before minutes of slice preparation, not after
+            initial, self.initial_config = load_model(self.init_from)
+            self.initial_state = _initial_state(initial, self.initial_config, self.config, str(self.init_from))
+            if self.initial_config.get("split") != self.split:
+                raise ValueError(f"{self.init_from} was trained on another patient split: its validation patients "
+                                 "would leak into training or stop being unseen")
+
+    def prepare_slices(self, data_dir: str | Path, max_patients: int | None) -> None:
+        """Preprocess every slice of the training patients into an augmenting, weighted-sampled data set, and read
+        the validation patients whole (both with skull-stripped copies when the recipe shows any)."""
+        cases = {case.name: case for case in find_cases(data_dir)}
+        missing = [name for name in self.split["train"] + self.split["validation"] if name not in cases]
+        if missing:
+            raise FileNotFoundError(f"patients of the split not found in {data_dir}: {missing[:5]}")
+        train_cases = [cases[name] for name in self.split["train"][:max_patients]]
+        validation_cases = [cases[name] for name in self.split["validation"][:max_patients]]
+
+        config = self.config
+        images, masks, stripped = prepare_slices(train_cases, Preprocessor(config.preprocessing),
+                                                 "preparing training slices", skull_stripped=config.skull_strip > 0)
+        self.validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
+        self.dataset = SliceDataset(images, masks, training_augmentation(config.augmentation), stripped,
+                                    config.skull_strip)
+        self.sampling_weights = sampling_weights(masks, config.positive_fraction)
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / "checkpoint.safetensors").exists()
+
+    def build_model_and_optimiser(self, resuming: bool) -> None:
+        """The U-Net (with the starting weights of a warm restart) on the device, its AdamW, the recipe the weights
+        folders record and the counters of a fresh run."""
+        config = self.config
+        model = create_model(config.architecture)
+        self.recipe = {"training": dict(config.to_dict(), init_from=None if self.init_from is None
+                                        else str(self.init_from)),
+                       "split": self.split, "data": "LGG FLAIR (Kaggle kaggle_3m), 90 patients",
+                       "device_trained_on": self.device.type}
+        # A warm restart continues the history of the weights it starts from: its epochs are numbered after the
+        # epoch those weights come from, and their log up to that epoch opens this run's log.
+        self.epoch_offset = 0
+        if self.init_from is not None:
+            model.load_state_dict(self.initial_state)
+            self.epoch_offset = kept_epoch(self.initial_config)
+            self.recipe["initialised_from"] = {key: self.initial_config[key] for key in LINEAGE_KEYS
+                                               if key in self.initial_config}
+            if not resuming:
+                _start_log_from(Path(self.init_from) / LOG_NAME, self.out_dir / LOG_NAME, self.epoch_offset)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.mixed_precision = config.bf16 and native_bf16(self.device)
+        self.recipe["mixed_precision"] = "bf16" if self.mixed_precision else "fp32"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "epoch_offset": self.epoch_offset}
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
+
+    def resume(self) -> None:
+        """Continue from the run folder's checkpoint: weights, optimiser state and counters."""
+        self.state = _load_checkpoint(self.checkpoint_dir, self.model, self.optimizer)
+        tqdm.write(f"resumed from {self.checkpoint_dir} after epoch {self.state['epoch']}")
+        if "fitted_epochs" in self.state:  # a time budget already fixed the schedule's length
+            self.config = replace(self.config, epochs=self.state["fitted_epochs"])
+            self.recipe["training"].update(epochs=self.config.epochs, time_budget_s=self.state.get("time_budget_s"))
+        self.epoch_offset = self.state.get("epoch_offset", 0)
+
+    def train_epoch(self, epoch: int) -> list[float]:
+        """One epoch of optimiser steps on sampled, augmented slices, the learning rate set step by step; the
+        losses. Sampling and augmentation are seeded by the epoch, so a resumed run draws what an unbroken one
+        would."""
+        config, model, optimizer = self.config, self.model, self.optimizer
         model.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        sampler = WeightedRandomSampler(weights, steps_per_epoch * config.batch_size, generator=generator)
+        sampler = WeightedRandomSampler(self.sampling_weights, self.steps_per_epoch * config.batch_size,
+                                        generator=generator)
         random.seed(config.seed * 1000 + epoch)
         torch.manual_seed(config.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=workers, pin_memory=device.type == "cuda")
+        loader = DataLoader(self.dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
         losses = []
         progress = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for step_in_epoch, (batch, target) in enumerate(progress):
-            step = (epoch - 1) * steps_per_epoch + step_in_epoch
+            step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, steps_per_epoch * config.epochs, config)
-            batch = batch.to(device).contiguous(memory_format=memory_format)
-            target = target.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+                group["lr"] = learning_rate_at(step, self.steps_per_epoch * config.epochs, config)
+            batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+            target = target.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 logits = model(batch)
             loss = bce_dice_loss(logits.float(), target, config.recall_weight, per_slice=config.dice_per_slice)
             optimizer.zero_grad(set_to_none=True)
@@ -514,47 +596,60 @@ def train(data_dir: str | Path, out_dir: str | Path, split_path: str | Path, con
             optimizer.step()
             losses.append(loss.item())
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        return losses
 
-        segmenter = Segmenter(model, config.preprocessing, device=device,
-                              precision="bf16" if mixed_precision else "fp32")
-        scores = list(per_volume_dice(segmenter, validation).values())
-        model.train()
-        row = {
-            "epoch": epoch_offset + epoch,
+    def validate(self) -> list[float]:
+        """Per-volume Dice of each validation patient (and skull-stripped copy) at the run's precision."""
+        segmenter = Segmenter(self.model, self.config.preprocessing, device=self.device,
+                              precision="bf16" if self.mixed_precision else "fp32")
+        scores = list(per_volume_dice(segmenter, self.validation).values())
+        self.model.train()
+        return scores
+
+    def log_row(self, epoch: int, losses: list[float], scores: list[float], started: float) -> dict:
+        """The training log's row of an epoch that began at ``started``."""
+        return {
+            "epoch": self.epoch_offset + epoch,
             "train_loss": round(float(np.mean(losses)), 5),
             "val_dice_mean": round(float(np.mean(scores)), 5),
             "val_dice_median": round(float(np.median(scores)), 5),
-            "learning_rate": optimizer.param_groups[0]["lr"],
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.time() - started, 1),
         }
-        epoch_seconds.append(row["seconds"])
+
+    def fit_schedule_to_time_budget(self, epoch: int, seconds: float) -> None:
+        """Count the epoch's ``seconds`` and, with a time budget, fit the epoch count to the time left."""
+        self.epoch_seconds.append(seconds)
         # From this call's second epoch on, fit the schedule to the time left at the pace of the last few epochs;
         # it only ever shrinks, so a GPU that others start sharing shortens it again.
-        pace = _epoch_pace(epoch_seconds)
-        if time_budget is not None and pace is not None:
-            fitted = _fit_epochs(epoch, pace, time_budget - (time.time() - started_run), config.epochs)
-            if fitted < config.epochs or "fitted_epochs" not in state:
-                config = replace(config, epochs=fitted)
-                recipe["training"].update(epochs=fitted, time_budget_s=time_budget)
-                state.update(fitted_epochs=fitted, time_budget_s=time_budget)
-                _record_fitted_epochs(out_dir / "best" / "config.json", recipe["training"])
-                tqdm.write(f"time budget {time_budget:.0f} s: {fitted} epochs fit")
-        _append_log(out_dir / LOG_NAME, row)
+        pace = _epoch_pace(self.epoch_seconds)
+        if self.time_budget is None or pace is None:
+            return
+        fitted = _fit_epochs(epoch, pace, self.time_budget - (time.time() - self.started), self.config.epochs)
+        if fitted < self.config.epochs or "fitted_epochs" not in self.state:
+            self.config = replace(self.config, epochs=fitted)
+            self.recipe["training"].update(epochs=fitted, time_budget_s=self.time_budget)
+            self.state.update(fitted_epochs=fitted, time_budget_s=self.time_budget)
+            _record_fitted_epochs(self.out_dir / "best" / "config.json", self.recipe["training"])
+            tqdm.write(f"time budget {self.time_budget:.0f} s: {fitted} epochs fit")
+
+    def record_epoch(self, epoch: int, row: dict) -> None:
+        """Log the epoch, keep its weights as ``best/`` if they beat the best so far, checkpoint the run and keep a
+        snapshot of the weights."""
+        _append_log(self.out_dir / LOG_NAME, row)
         tqdm.write(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  validation per-volume Dice "
                    f"mean {row['val_dice_mean']:.4f} median {row['val_dice_median']:.4f}  ({row['seconds']} s)")
-        if row["val_dice_mean"] > state["best_dice"]:
-            state.update(best_dice=row["val_dice_mean"], best_epoch=row["epoch"])
-            save_bundle(out_dir / "best", model, config.preprocessing, PostprocessingConfig(),
-                        dict(recipe, best_epoch=row["epoch"], validation_at_training=row))
-        state["epoch"] = epoch
-        _save_checkpoint(checkpoint_dir, model, optimizer, state)
+        if row["val_dice_mean"] > self.state["best_dice"]:
+            self.state.update(best_dice=row["val_dice_mean"], best_epoch=row["epoch"])
+            save_bundle(self.out_dir / "best", self.model, self.config.preprocessing, PostprocessingConfig(),
+                        dict(self.recipe, best_epoch=row["epoch"], validation_at_training=row))
+        self.state["epoch"] = epoch
+        _save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.state)
         # Every epoch's weights stay (8 MB at width 16) so late epochs can be averaged into one model.
-        snapshot_dir = out_dir / "epochs"
+        snapshot_dir = self.out_dir / "epochs"
         snapshot_dir.mkdir(exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                   str(snapshot_dir / f"epoch_{row['epoch']:03d}.safetensors"))
-        epoch += 1
-    return state
 
 
 def _record_fitted_epochs(config_path: Path, training: dict) -> None:

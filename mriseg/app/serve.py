@@ -1,0 +1,34 @@
+"""``mriseg serve``: the app, with the model loaded and run before the first visitor arrives.
+
+``streamlit run app.py`` imports PyTorch, loads the weights and sets up PyTorch's kernels only when the first
+browser connects, and the first student waits for all of it. Here the same process does that work first, then
+hands over to Streamlit's own command line; the app finds everything in its process-wide caches.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from mriseg.config import PROJECT_ROOT
+
+
+def serve(streamlit_options: list[str], device: str = "auto") -> int:
+    """Warm the model (see :func:`mriseg.app.webapp.warm_up`), then run ``streamlit run app.py`` in this process.
+
+    Args:
+        streamlit_options: options for ``streamlit run`` (e.g. ``["--server.port", "8501"]``).
+        device: "auto", "cpu" or "cuda".
+    """
+    started = time.perf_counter()
+    import plotly.graph_objects  # noqa: F401  (the Segment page's chart; imported once here, not at first visit)
+
+    from mriseg.app import webapp
+
+    model = webapp.warm_up(device)
+    print(f"model {model.version} ready on {model.segmenter.device_label}, gallery segmented "
+          f"({time.perf_counter() - started:.1f} s); starting the app", file=sys.stderr)
+    from streamlit.web import cli as streamlit_cli
+
+    sys.argv = ["streamlit", "run", str(PROJECT_ROOT / "app.py"), *streamlit_options]
+    return streamlit_cli.main()
