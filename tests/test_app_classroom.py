@@ -51,17 +51,10 @@ def test_how_it_works_draws_the_loaded_model(segmenter):
     shown = [m.value for m in at.markdown if re.match(r"\*\*.+\*\*: \d+ channels", m.value)]
     assert shown == [f"**output**: {encoder_3.out_channels} channels of {encoder_3.side}x{encoder_3.side}"]
     assert any("cross-entropy" in m.value for m in at.markdown)
-    # the shipped ensemble's U-Nets ended with --dice-per-slice, and the page reads that from its config
+    # the shipped U-Net's last stages used --dice-per-slice and volume normalisation: the page reads its config
     assert any("on each slice with tumour" in m.value for m in at.markdown)
-    # and that the second U-Net grew out of the first (the card's "stages 1-2: those of U-Net 1"), the third not
-    assert any("U-Net 2 began from the weights of U-Net 1 and was trained on by itself; U-Net 3 was trained from a "
-               "random start" in m.value for m in at.markdown)
-    # U-Net 1 was trained on single slices and reads them alone; U-Net 3 is the ensemble's 2.5D member
-    assert any("trained on **single slices**" in m.value for m in at.markdown)
-    at.radio(key="ensemble_member").set_value(2).run()
-    assert not at.exception, at.exception
-    assert any("**1 slice above and below**" in m.value for m in at.markdown)
-    assert not any("trained on **single slices**" in m.value for m in at.markdown)
+    assert any("z-scored over the head **in the whole scan**" in m.value for m in at.markdown)
+    assert not [r for r in at.radio if r.key == "ensemble_member"]  # one U-Net: nothing to choose
 
 
 def test_uncertainty_toggle_shows_disagreement_and_near_threshold_pixels(segmenter):
@@ -155,13 +148,8 @@ def serve_from_hub_cache(folder, tmp_path, monkeypatch) -> AppTest:
 
 
 def single_unet_from_shipped(folder):
-    """A weights folder holding the first U-Net of the shipped ensemble (`members`: its own recipe, preprocessing
-    and training log) and the shipped evaluation report."""
-    from mriseg.training.ensemble import split_members
-
-    first = split_members(REPO_ROOT / "weights", folder.with_name(f"{folder.name}-members"))[0]
-    shutil.copytree(first, folder)
-    shutil.copy(REPO_ROOT / "weights" / "evaluation.json", folder / "evaluation.json")
+    """A copy of the shipped weights folder (one U-Net, with its recipe, training log and evaluation report)."""
+    shutil.copytree(REPO_ROOT / "weights", folder)
     return folder
 
 

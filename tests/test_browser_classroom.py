@@ -8,7 +8,9 @@ import re
 
 import pytest
 from browser_helpers import open_sample
-from conftest import SAMPLES
+from conftest import REPO_ROOT, SAMPLES
+
+from mriseg.weights.bundle import read_config
 
 pytestmark = pytest.mark.browser
 
@@ -45,22 +47,24 @@ def test_threshold_redraws_in_the_browser_then_reaches_the_server(server, browse
     open_sample(page, largest)
     settled(page)
     canvas = page.locator("canvas.overlay")
-    expect(canvas).to_have_attribute("data-threshold", "0.50")
+    default = read_config(REPO_ROOT / "weights")["postprocessing"]["threshold"]
+    expect(canvas).to_have_attribute("data-threshold", f"{default:.2f}")
     slider = page.locator("input#threshold")
     slider.focus()
     for _ in range(20):
         slider.press("ArrowRight")
-    expect(canvas).to_have_attribute("data-threshold", "0.70")
-    expect(page.get_by_text("Tumour at threshold 0.70", exact=True)).to_be_visible()
+    target = round(default + 0.20, 2)
+    expect(canvas).to_have_attribute("data-threshold", f"{target:.2f}")
+    expect(page.get_by_text(f"Tumour at threshold {target:.2f}", exact=True)).to_be_visible()
     sidebar = page.locator("[data-testid='stSidebar'] input[type=range]").first
-    expect(sidebar).to_have_value("0.7")
+    expect(sidebar).to_have_value(str(target))
     reading = page.locator(".reading")
     area = page.locator("[data-testid='stMetric']").filter(has_text="Tumour area, this slice")
     expect(area.locator("[data-testid='stMetricValue']")).to_have_text(reading.inner_text())
     # The other way round: the sidebar moves the view's slider and its overlay.
     sidebar.focus()
     sidebar.press("ArrowLeft")
-    expect(canvas).to_have_attribute("data-threshold", "0.69")
+    expect(canvas).to_have_attribute("data-threshold", f"{target - 0.01:.2f}")
     page.close()
 
 
@@ -93,7 +97,7 @@ def test_presenter_mode_fits_a_projector_with_pages_one_click_away_and_esc_to_le
     settled(page)
     page.evaluate("window.scrollTo(0, 0)")
     canvas = page.locator("canvas.overlay")
-    expect(canvas).to_have_attribute("data-threshold", "0.50")
+    expect(canvas).to_have_attribute("data-threshold", re.compile(r"^\d\.\d\d$"))
     number = page.get_by_test_id("stMetricValue").first
     assert wholly_on_screen(canvas, PROJECTOR), canvas.bounding_box()
     assert wholly_on_screen(number, PROJECTOR), number.bounding_box()

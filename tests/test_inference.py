@@ -51,9 +51,11 @@ def test_uncertainty_is_zero_where_the_views_agree(segmenter, slice_samples):
         plain, mirrored = plain.float(), mirrored.float()
     expected = (plain - mirrored.flip(-1)).abs()[:, 0].numpy() / 2
     _, std = segmenter.predict_grid(segmenter.preprocessor.volume_to_input(volume.pixels), tta=True)
-    np.testing.assert_allclose(std, expected, atol=1e-5)
+    # In bfloat16 the two paths round the probabilities at different points (bf16 keeps ~3 significant digits).
+    tolerance = 2e-3 if segmenter.bf16 else 1e-5
+    np.testing.assert_allclose(std, expected, atol=tolerance)
     agree = expected < 1e-7
-    assert agree.any() and np.all(std[agree] < 1e-5)
+    assert agree.any() and np.all(std[agree] < tolerance)
     assert result.std.shape == volume.pixels.shape
 
 
