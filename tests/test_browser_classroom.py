@@ -26,6 +26,16 @@ def settled(page) -> None:
     expect(page.locator("canvas.overlay")).to_have_count(1)
 
 
+def page_with_upload(server: str, browser, scan) -> object:
+    """A laptop-sized page of the app with ``scan`` uploaded on the Segment page and its overlay shown."""
+    page = browser.new_page(viewport=LAPTOP)
+    page.goto(server)
+    page.get_by_text("Upload a file").click()
+    page.locator("input[type=file]").set_input_files(str(scan))
+    settled(page)
+    return page
+
+
 def wholly_on_screen(locator, viewport: dict) -> bool:
     box = locator.bounding_box()
     return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"]
@@ -122,11 +132,7 @@ def test_presenter_mode_fits_a_projector_with_pages_one_click_away_and_esc_to_le
 def test_scan_source_and_upload_survive_a_visit_to_another_page(server, browser, largest):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport=LAPTOP)
-    page.goto(server)
-    page.get_by_text("Upload a file").click()
-    page.locator("input[type=file]").set_input_files(str(SAMPLES / largest["image"]))
-    settled(page)
+    page = page_with_upload(server, browser, SAMPLES / largest["image"])
     page.get_by_role("link", name="Metrics").click()
     expect(page.get_by_role("heading", name="Metrics", exact=True)).to_be_visible()
     page.get_by_role("link", name="Segment").click()
@@ -139,11 +145,7 @@ def test_scan_source_and_upload_survive_a_visit_to_another_page(server, browser,
 def test_an_uploaded_mask_is_named_as_the_users_own(server, browser, largest):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport=LAPTOP)
-    page.goto(server)
-    page.get_by_text("Upload a file").click()
-    page.locator("input[type=file]").set_input_files(str(SAMPLES / largest["image"]))
-    settled(page)
+    page = page_with_upload(server, browser, SAMPLES / largest["image"])
     page.get_by_role("link", name="Compare with ground truth").click()
     # The Compare page's own uploader, once the Segment page's has gone.
     expect(page.get_by_text("Ground-truth mask (optional)")).to_be_visible()
@@ -160,11 +162,7 @@ def test_an_uploaded_mask_is_named_as_the_users_own(server, browser, largest):
 def test_a_rejected_file_clears_the_old_result_and_says_why(server, browser, largest, tmp_path):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport=LAPTOP)
-    page.goto(server)
-    page.get_by_text("Upload a file").click()
-    page.locator("input[type=file]").set_input_files(str(SAMPLES / largest["image"]))
-    settled(page)
+    page = page_with_upload(server, browser, SAMPLES / largest["image"])
     notes = tmp_path / "lesson notes.txt"
     notes.write_text("Bring the FLAIR scans for Tuesday.")
     page.locator("input[type=file]").set_input_files(str(notes))
