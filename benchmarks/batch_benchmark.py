@@ -41,7 +41,7 @@ def build_folder(root: Path, volumes: int, slices: int) -> int:
     from pydicom.uid import generate_uid
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from conftest import make_dicom
+    from helpers import make_dicom
 
     pixels = read_volume((SAMPLES / "TCGA_CS_4942_19970222_volume.tif").read_bytes(), "volume.tif").pixels
     (root / "nifti").mkdir(parents=True)

@@ -36,7 +36,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(architecture=architecture, preprocessing=preprocessing, **given(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, bf16=False if args.fp32 else None, augmentation=args.augmentation,
-        recall_weight=args.recall_weight, dice_per_slice=args.dice_per_slice, skull_strip=args.skull_strip))
+        recall_weight=args.recall_weight, dice_per_slice=args.dice_per_slice, skull_strip=args.skull_strip,
+        teacher=args.teacher, teacher_weight=args.teacher_weight))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -290,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skull-strip", type=fraction,
                        help="share of training slices shown skull-stripped (brain only); above 0 the epoch is also "
                             "picked on skull-stripped copies of the validation patients")
+    train.add_argument("--teacher", help="weights folder (U-Net or ensemble) whose probabilities on the training "
+                                         "slices the network also learns to match (distillation)")
+    train.add_argument("--teacher-weight", type=float,
+                       help="weight of the cross-entropy against the teacher's probabilities")
     train.add_argument("--recall-weight", type=recall_weight,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")

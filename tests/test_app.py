@@ -12,49 +12,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, SAMPLES
+from app_helpers import expected_mask, metric, open_sample, start, upload
+from helpers import REPO_ROOT, SAMPLES
 from streamlit import config as streamlit_config
-from streamlit.testing.v1 import AppTest
 
 from mriseg.app.case import load_sample
-from mriseg.app.webapp import sample_button_key
 from mriseg.inference import native_bf16
 from mriseg.metrics import compare, dice
-from mriseg.postprocessing import binarize
 from mriseg.weights.bundle import read_config
 
 pytestmark = pytest.mark.slow
-
-TIMEOUT = 120
-
-
-def start() -> AppTest:
-    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def metric(at: AppTest, label: str) -> str:
-    return next(m.value for m in at.metric if m.label == label)
-
-
-def expected_mask(segmenter, pixels, threshold):
-    return binarize(segmenter.predict(pixels).mean, segmenter.postprocessing, threshold)
-
-
-def open_sample(at: AppTest, image_name: str) -> AppTest:
-    at.button(key=sample_button_key({"image": image_name})).click().run()
-    assert not at.exception, at.exception
-    return at
-
-
-def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
-    at.file_uploader(key=key).set_value((name, data, "application/octet-stream"))
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
 
 def largest_sample(sample_index):
     return max((e for e in sample_index if e["category"] == "large"), key=lambda e: e["tumour_pixels"])

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from app_helpers import expected_mask, metric, open_sample, start
+from helpers import REPO_ROOT
 from streamlit.testing.v1 import AppTest
-from test_app import expected_mask, metric, open_sample, start
 
 from mriseg.app.case import load_sample, sample_index
 from mriseg.app.explain import describe

@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, SAMPLES
-from test_app import metric, open_sample, start, upload
+from app_helpers import metric, open_sample, start, upload
+from helpers import REPO_ROOT, SAMPLES
 
 from mriseg.app.case import (
     CURVE_THRESHOLDS,

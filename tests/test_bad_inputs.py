@@ -11,7 +11,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import head_phantom, make_dicom
+from helpers import head_phantom, make_dicom
 from PIL import Image
 
 from mriseg.app.case import case_from_bytes

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO_ROOT, SAMPLES, WEIGHTS, head_phantom, make_dicom
+from helpers import REPO_ROOT, SAMPLES, WEIGHTS, head_phantom, make_dicom
 
 from mriseg.batch import (
     NIFTI_SUFFIX,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from browser_helpers import cpu_seconds, open_sample
-from conftest import REPO_ROOT, SAMPLES
+from helpers import REPO_ROOT, SAMPLES
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from browser_helpers import open_sample
-from conftest import REPO_ROOT, SAMPLES
+from helpers import REPO_ROOT, SAMPLES
 
 from mriseg.weights.bundle import read_config
 

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, SAMPLES, make_dicom
+from helpers import REPO_ROOT, SAMPLES, make_dicom
 
 from mriseg.data.io import read_volume
 from mriseg.inference import native_bf16

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from helpers import SAMPLES
 
 from mriseg.cli import main
 from mriseg.data.io import read_image_file, read_volume

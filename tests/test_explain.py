@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from test_visualize import DARK_BACKGROUND, contrast
+from helpers import DARK_BACKGROUND, contrast
 
 from mriseg.app.explain import architecture_dot, describe, feature_maps
 from mriseg.model import UNetConfig, create_model, unet_grid, unet_members

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import WEIGHTS
+from helpers import WEIGHTS
 
 from mriseg.cli import build_parser, main, train_config
 from mriseg.model import UNetConfig

@@ -4,7 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, WEIGHTS
+import torch
+from helpers import SAMPLES, WEIGHTS
 
 from mriseg.data.io import read_mask_file, read_volume
 from mriseg.inference import native_bf16, resolve_device
@@ -143,3 +144,13 @@ def test_folding_batchnorm_changes_the_speed_not_the_probabilities(slice_samples
     folded, _ = segmenter.predict_grid(grid)
     assert expected.max() > 0.9  # a slice with tumour: the comparison covers confident pixels too
     np.testing.assert_allclose(folded, expected, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_gpu_and_cpu_masks_agree(segmenter, sample_volume):
+    """The GPU (bfloat16 where it has it) draws the mask the CPU draws in float32, within a change of number format."""
+    volume, _ = sample_volume
+    gpu = load_segmenter(WEIGHTS, device="cuda")
+    cpu = load_segmenter(WEIGHTS, device="cpu", precision="fp32")
+    assert gpu.device.type == "cuda"
+    assert dice(gpu.segment(volume), cpu.segment(volume)) >= 0.99

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO_ROOT, SAMPLES, make_dicom
+from helpers import REPO_ROOT, SAMPLES, make_dicom
 from scipy import ndimage
 from skimage import data as skimage_data
 

@@ -11,7 +11,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLES, head_phantom, make_dicom, mr_dataset
+from helpers import SAMPLES, head_phantom, make_dicom, mr_dataset
 from PIL import Image
 
 from mriseg.data.io import MAX_SIDE, MAX_SLICES, mask_to_nifti, mask_to_png, read_mask, read_volume

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, head_phantom, make_dicom
+from helpers import SAMPLES, head_phantom, make_dicom
 
 from mriseg.data.io import read_mask, read_volume
 from mriseg.metrics import dice

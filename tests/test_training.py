@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLES
+from helpers import SAMPLES
 from torchvision import tv_tensors
 
 from mriseg.data.io import read_image_file, read_mask_file
@@ -277,3 +277,32 @@ def test_skull_stripped_copies_are_drawn_and_scored(kaggle_folder, tmp_path, sli
     assert saved["training"]["skull_strip"] == 0.5
     validation = load_validation(find_cases(kaggle_folder)[:2], skull_stripped=True)
     assert [name.endswith("(skull-stripped)") for name, _, _ in validation] == [False, False, True, True]
+
+
+def test_a_teacher_is_learned_from_and_must_share_the_split(kaggle_folder, tmp_path, slice_samples):
+    split, config = tiny_run(slice_samples, tmp_path, epochs=1)
+    teacher = tmp_path / "teacher" / "best"
+    train(kaggle_folder, tmp_path / "teacher", split, config, device="cpu")
+    student = tmp_path / "student"
+    train(kaggle_folder, student, split, replace(config, teacher=str(teacher), teacher_weight=0.7), device="cpu")
+    saved = json.loads((student / "best" / "config.json").read_text())
+    assert (saved["training"]["teacher"], saved["training"]["teacher_weight"]) == (str(teacher), 0.7)
+
+    # the teacher's probabilities travel with the mask through the same geometric augmentation
+    masks = np.zeros((1, 64, 64), np.float32)
+    masks[0, 20:30, 10:20] = 1.0
+    taught = masks * 0.8
+    dataset = SliceDataset(np.random.rand(1, 64, 64).astype(np.float32), masks, training_augmentation("strong"),
+                           teacher=taught)
+    for _ in range(5):
+        _, target = dataset[0]
+        assert target.shape == (2, 64, 64)
+        assert torch.equal(target[1] > 0, target[0] > 0)
+
+    # a teacher that saw other validation patients would leak them into training
+    other_split = tmp_path / "other_split.json"
+    patients = json.loads(split.read_text())
+    other_split.write_text(json.dumps({"train": patients["validation"] + patients["train"][2:],
+                                       "validation": patients["train"][:2]}))
+    with pytest.raises(ValueError, match="another patient split"):
+        train(kaggle_folder, tmp_path / "leaky", other_split, replace(config, teacher=str(teacher)), device="cpu")

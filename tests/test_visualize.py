@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import DARK_BACKGROUND, contrast
 
 from mriseg.app.visualize import (
     CHART_COLOURS,
@@ -15,19 +16,6 @@ from mriseg.app.visualize import (
     threshold_line,
     to_png,
 )
-
-DARK_BACKGROUND = "#0e1117"  # Streamlit's dark theme (.streamlit/config.toml: base = "dark")
-
-
-def contrast(a: str, b: str) -> float:
-    """WCAG contrast ratio of two #rrggbb colours (1 = none, 21 = black on white)."""
-    def luminance(colour: str) -> float:
-        channels = [int(colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
-        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
-        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-
-    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
-    return (light + 0.05) / (dark + 0.05)
 
 
 def gray(size=64):

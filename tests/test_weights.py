@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, WEIGHTS
+from helpers import REPO_ROOT, WEIGHTS
 
 from mriseg.errors import InputError
 from mriseg.weights.bundle import load_model, load_segmenter

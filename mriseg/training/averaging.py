@@ -86,13 +86,13 @@ def average_epochs(run_dir: str | Path, epochs: list[int], data_dir: str | Path,
     preprocessing = PreprocessingConfig.from_dict(config["preprocessing"])
     cases = {case.name: case for case in find_cases(data_dir)}
     split = config["split"]
-    images, masks, _ = prepare_slices([cases[name] for name in split["train"]], Preprocessor(preprocessing),
-                                      "preparing training slices")
+    slices = prepare_slices([cases[name] for name in split["train"]], Preprocessor(preprocessing),
+                            "preparing training slices")
     generator = torch.Generator().manual_seed(config["training"]["seed"])
-    sampler = WeightedRandomSampler(sampling_weights(masks, config["training"]["positive_fraction"]),
+    sampler = WeightedRandomSampler(sampling_weights(slices.masks, config["training"]["positive_fraction"]),
                                     batches * batch_size, generator=generator)
-    recompute_batch_norm(model, DataLoader(SliceDataset(images, masks), batch_size=batch_size, sampler=sampler),
-                         device)
+    loader = DataLoader(SliceDataset(slices.images, slices.masks), batch_size=batch_size, sampler=sampler)
+    recompute_batch_norm(model, loader, device)
 
     validation = [(name, *cases[name].load()) for name in split["validation"]]
     scores = list(per_volume_dice(Segmenter(model, preprocessing, device=device), validation).values())

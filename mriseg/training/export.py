@@ -344,6 +344,9 @@ def describe_stages(stages: list[dict]) -> str:
         if training.get("skull_strip"):
             recipe += (f", {training['skull_strip']:.0%} of the slices shown skull-stripped (epoch picked on the "
                        "validation patients and their skull-stripped copies together)")
+        if training.get("teacher"):
+            recipe += (f", distilled from the probabilities of `{Path(training['teacher']).name}` (weight "
+                       f"{training['teacher_weight']}, computed on the slices with their skull)")
         recall = training.get("recall_weight", 0.5)  # runs from before the option record none: soft Dice
         if recall != 0.5:
             recipe += f", Tversky loss with recall weight {recall} (missed tumour costs more than false alarms)"
@@ -384,6 +387,8 @@ def train_options(stage: dict, model: dict) -> str:
         ("skull-strip", training.get("skull_strip", 0.0), default.skull_strip)) if value != default_value]
     if training.get("dice_per_slice"):
         options.append("--dice-per-slice")
+    if training.get("teacher"):
+        options.append(f"--teacher {training['teacher']} --teacher-weight {training['teacher_weight']}")
     if stage.get("mixed_precision", "fp32") == "fp32":  # runs from before bf16 training record no precision
         options.append("--fp32")
     return "".join(f" {option}" for option in options)

@@ -31,7 +31,7 @@ from mriseg.metrics import dice
 from mriseg.model import UNet, UNetConfig, create_model, widen_input
 from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
-from mriseg.weights.bundle import kept_epoch, load_model, save_bundle
+from mriseg.weights.bundle import kept_epoch, load_model, load_segmenter, read_config, save_bundle
 
 LOG_NAME = "training_log.csv"
 # What a weights folder's config says about how it was made; a warm restart keeps it as its lineage.
@@ -69,6 +69,12 @@ class TrainConfig:
             :mod:`mriseg.data.brain_extraction`), so the model stops reading a bright rim at the head's edge as scalp.
             Above 0, the validation that picks the epoch scores skull-stripped copies of the validation patients
             beside the originals, and the logged validation Dice is the mean over both.
+        teacher: a weights folder (a U-Net or an ensemble) whose probabilities on each training slice, computed once
+            on the slice as stored (skull on), the network also learns to match, whatever it is shown (a stripped
+            or augmented copy included): knowledge distillation, which carries what a stronger or differently
+            trained model knows into this one, and asks the same answer of a slice with and without its skull.
+        teacher_weight: weight of the cross-entropy against the teacher's probabilities, added to the loss against
+            the reference masks.
     """
 
     epochs: int = 40
@@ -84,6 +90,8 @@ class TrainConfig:
     recall_weight: float = 0.5
     dice_per_slice: bool = False
     skull_strip: float = 0.0
+    teacher: str | None = None
+    teacher_weight: float = 0.5
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -222,13 +230,15 @@ class SliceDataset(Dataset):
 
     The image is shifted so its background sits at 0 during the geometric transform, so the corners a
     rotation uncovers get background intensity rather than a mid-grey. ``stripped`` holds skull-stripped inputs of
-    the same slices, drawn instead of the originals with probability ``strip_probability``.
+    the same slices, drawn instead of the originals with probability ``strip_probability``. With ``teacher``
+    probabilities the target gets them as a second channel, moved with the mask.
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, augment: v2.Transform | None = None,
-                 stripped: np.ndarray | None = None, strip_probability: float = 0.0) -> None:
+                 stripped: np.ndarray | None = None, strip_probability: float = 0.0,
+                 teacher: np.ndarray | None = None) -> None:
         self.images = torch.from_numpy(images)
-        self.masks = torch.from_numpy(masks)
+        self.masks = torch.from_numpy(masks if teacher is None else np.stack([masks, teacher], axis=1))
         self.augment = augment
         self.stripped = None if stripped is None else torch.from_numpy(stripped)
         self.strip_probability = strip_probability
@@ -240,13 +250,25 @@ class SliceDataset(Dataset):
         use_stripped = self.stripped is not None and random.random() < self.strip_probability
         image = (self.stripped if use_stripped else self.images)[index]
         image = image[None] if image.ndim == 2 else image
-        mask = self.masks[index][None]
+        mask = self.masks[index]
+        mask = mask[None] if mask.ndim == 2 else mask
         if self.augment is not None:
             background = image.min()
             image, mask = self.augment(tv_tensors.Image(image - background), tv_tensors.Mask(mask))
             image = image.as_subclass(torch.Tensor) + background
             mask = mask.as_subclass(torch.Tensor)
         return image, mask
+
+
+@dataclass
+class SlicesForTraining:
+    """The training slices on the grid: model inputs, reference masks, and (when asked for) skull-stripped inputs
+    and a teacher's probabilities."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    stripped: np.ndarray | None = None
+    teacher: np.ndarray | None = None
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: float = 0.5,
@@ -280,18 +302,23 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: flo
     return bce + (1 - overlap).mean()
 
 
-def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str, skull_stripped: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Model inputs and grid masks of every slice of ``cases``, and with ``skull_stripped`` the model inputs of their
-    skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), each patient read once."""
-    images, masks, stripped = [], [], []
+def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str, skull_stripped: bool = False,
+                   teacher: Segmenter | None = None) -> SlicesForTraining:
+    """Model inputs and grid masks of every slice of ``cases``; with ``skull_stripped`` the model inputs of their
+    skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), and with ``teacher`` its
+    probabilities on the slices as stored, on the grid; each patient read once."""
+    images, masks, stripped, taught = [], [], [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
         images.append(preprocessor.volume_to_input(volume))
         masks.append(np.stack([preprocessor.mask_to_grid(m) for m in mask]))
         if skull_stripped:
             stripped.append(preprocessor.volume_to_input(strip_skull(volume, mask)[0]))
-    return np.concatenate(images), np.concatenate(masks), np.concatenate(stripped) if stripped else None
+        if teacher is not None:
+            taught.append(np.stack([preprocessor.mask_to_grid(p) for p in teacher.predict(volume).mean]))
+    return SlicesForTraining(np.concatenate(images), np.concatenate(masks),
+                             np.concatenate(stripped) if stripped else None,
+                             np.concatenate(taught) if taught else None)
 
 
 def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -518,12 +545,18 @@ class TrainingRun:
         validation_cases = [cases[name] for name in self.split["validation"][:max_patients]]
 
         config = self.config
-        images, masks, stripped = prepare_slices(train_cases, Preprocessor(config.preprocessing),
-                                                 "preparing training slices", skull_stripped=config.skull_strip > 0)
+        teacher = None
+        if config.teacher is not None:
+            if read_config(config.teacher).get("split") != self.split:
+                raise ValueError(f"the teacher {config.teacher} was trained on another patient split: what it "
+                                 "learned of this run's validation patients would leak into training")
+            teacher = load_segmenter(config.teacher, device=self.device)
+        slices = prepare_slices(train_cases, Preprocessor(config.preprocessing), "preparing training slices",
+                                skull_stripped=config.skull_strip > 0, teacher=teacher)
         self.validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
-        self.dataset = SliceDataset(images, masks, training_augmentation(config.augmentation), stripped,
-                                    config.skull_strip)
-        self.sampling_weights = sampling_weights(masks, config.positive_fraction)
+        self.dataset = SliceDataset(slices.images, slices.masks, training_augmentation(config.augmentation),
+                                    slices.stripped, config.skull_strip, slices.teacher)
+        self.sampling_weights = sampling_weights(slices.masks, config.positive_fraction)
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
 
     def has_checkpoint(self) -> bool:
@@ -590,7 +623,9 @@ class TrainingRun:
             target = target.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 logits = model(batch)
-            loss = bce_dice_loss(logits.float(), target, config.recall_weight, per_slice=config.dice_per_slice)
+            loss = bce_dice_loss(logits.float(), target[:, :1], config.recall_weight, per_slice=config.dice_per_slice)
+            if config.teacher is not None:
+                loss = loss + config.teacher_weight * F.binary_cross_entropy_with_logits(logits.float(), target[:, 1:])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
