@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,43 +30,49 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(startup_timeout: float = 120.0, env: dict | None = None,
-                     warm: bool = False) -> Iterator[tuple[str, subprocess.Popen]]:
+def streamlit_server(startup_timeout: float = 120.0, env: dict | None = None, warm: bool = False,
+                     log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """The app on 127.0.0.1 at a free port; yields (url, process) and stops it afterwards.
 
     ``warm``: started as ``mriseg serve`` (model loaded and run before the server listens), else with a plain
-    ``streamlit run app.py``.
+    ``streamlit run app.py``. The server's output goes to the file ``log`` (a temporary file by default): a pipe
+    nobody reads fills up during a long run and blocks the server's logging, and with it the server.
     """
     port = free_port()
     environment = dict(os.environ, MRISEG_HF_REPO="", PYTHONPATH=str(REPO_ROOT), **(env or {}))
     command = [sys.executable, "-m", "mriseg", "serve"] if warm else [sys.executable, "-m", "streamlit", "run",
                                                                       "app.py"]
-    process = subprocess.Popen(
-        [*command, "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    output = process.stdout.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"streamlit did not start: {output}") from None
-                time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
+    with tempfile.TemporaryDirectory() as temporary:
+        log = log or Path(temporary) / "server.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [*command, "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless",
+                 "true", "--browser.gatherUsageStats", "false"],
+                cwd=REPO_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.read() == b"ok":
+                            break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        process.kill()
+                        process.wait()
+                        tail = log.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"streamlit did not start: {tail}") from None
+                    time.sleep(0.5)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextmanager
