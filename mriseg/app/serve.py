@@ -7,20 +7,22 @@ hands over to Streamlit's own command line; the app finds everything in its proc
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from mriseg.config import PROJECT_ROOT
 
-# Settings for a class, before the user's own options (which win). Rerun-on-save is for editing the app: with it,
-# every session re-scans the source of each module imported since its last run, on the one thread that sends
-# every session's messages, and 30 students uploading at once waited ~14 s for those scans.
-CLASSROOM_OPTIONS = ("--server.fileWatcherType", "none")
+# Streamlit settings for a class, as environment defaults: they override .streamlit/config.toml, and the user's own
+# environment and command-line options override them. Rerun-on-save is for editing the app: with it, every session
+# re-scans the source of each module imported since its last run, on the one thread that sends every session's
+# messages, and 30 students uploading at once waited ~14 s for those scans.
+CLASSROOM_SETTINGS = {"STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
 
 
 def serve(streamlit_options: list[str], device: str = "auto") -> int:
     """Warm the model (see :func:`mriseg.app.webapp.warm_up`), then run ``streamlit run app.py`` in this process,
-    with :data:`CLASSROOM_OPTIONS`.
+    with :data:`CLASSROOM_SETTINGS`.
 
     Args:
         streamlit_options: options for ``streamlit run`` (e.g. ``["--server.port", "8501"]``).
@@ -36,5 +38,7 @@ def serve(streamlit_options: list[str], device: str = "auto") -> int:
           f"({time.perf_counter() - started:.1f} s); starting the app", file=sys.stderr)
     from streamlit.web import cli as streamlit_cli
 
-    sys.argv = ["streamlit", "run", str(PROJECT_ROOT / "app.py"), *CLASSROOM_OPTIONS, *streamlit_options]
+    for name, value in CLASSROOM_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    sys.argv = ["streamlit", "run", str(PROJECT_ROOT / "app.py"), *streamlit_options]
     return streamlit_cli.main()
