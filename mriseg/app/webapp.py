@@ -455,7 +455,7 @@ def sample_button_key(entry: dict) -> str:
 
 
 def gallery(columns: int = 5) -> None:
-    """Thumbnails of the shipped samples; a click opens one with its ground truth."""
+    """Thumbnails of the shipped samples, each with an Open button that opens it with its ground truth."""
     previews = sample_thumbnails()
     for start in range(0, len(previews), columns):
         for column, (entry, preview) in zip(st.columns(columns), previews[start : start + columns], strict=False):
