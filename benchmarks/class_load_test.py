@@ -106,9 +106,9 @@ def _pages(tiff: Image.Image) -> Iterator[Image.Image]:
 
 
 def make_scans(count: int, wave: int, volume_every: int) -> list[Scan]:
-    """Distinct uploads for one wave: shifted slices (as ``load_test.upload_variants`` makes them), every
-    ``volume_every``-th (0: none) a shifted 20-slice volume. Each wave shifts further, so no wave repeats a scan
-    (a repeat would be served from the prediction cache)."""
+    """Distinct uploads for one wave: shifted gallery slices, every ``volume_every``-th (0: none) a shifted
+    20-slice volume. Each wave shifts further, so no wave repeats a scan (a repeat would be served from the
+    prediction cache)."""
     entries = sample_index()
     slices = [entry["image"] for entry in entries if entry["category"] != "volume"]
     volume = next(entry["image"] for entry in entries if entry["category"] == "volume")
