@@ -141,10 +141,10 @@ def test_presenter_mode_enlarges_text_and_keeps_headings_and_numbers_larger(serv
     expect(page.get_by_role("button", name=re.compile("Exit presenter mode"))).to_be_visible()
     expect(page.get_by_test_id("stSidebar")).to_be_hidden()
 
-    body = font_size(note)
     name = page.get_by_role("heading", name=slice_samples[0]["image"])  # the case's name
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-    expect(name).to_have_count(1)  # the previous layout's copy has gone
+    expect(name).to_have_count(1)  # the previous layout's copy has gone: sizes are read from the new one
+    body = font_size(note)
     heading = font_size(name)
     label = font_size(page.get_by_test_id("stMetricLabel").locator("p").first)
     value = font_size(page.get_by_test_id("stMetricValue").locator("p").first)

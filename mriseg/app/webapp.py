@@ -8,6 +8,7 @@ device and augmentation setting and then reused by every page and every session.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -127,6 +128,11 @@ def _prediction_bytes(prediction: Prediction) -> int:
     return prediction.probabilities.mean.nbytes + (0 if std is None else std.nbytes)
 
 
+# One forward pass at a time in this process: PyTorch already spreads each pass over every core, and sessions running
+# passes side by side only fight over the cores (a class uploading at once is the case that matters).
+FORWARD_PASS = threading.Lock()
+
+
 def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     """Probabilities for the case, from the cache or computed now with a progress bar."""
     key = (case.digest, model.version, str(model.segmenter.device), tta)
@@ -141,10 +147,12 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     label = model.segmenter.device_label
     bar = slot.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
     started = time.perf_counter()
-    probabilities = model.segmenter.predict(
-        case.volume.pixels, tta=tta,
-        progress=lambda done, total: bar.progress(done / total, text=f"Segmenting slice {done} of {total} on {label}…"),
-    )
+    with FORWARD_PASS:
+        probabilities = model.segmenter.predict(
+            case.volume.pixels, tta=tta,
+            progress=lambda done, total: bar.progress(done / total,
+                                                      text=f"Segmenting slice {done} of {total} on {label}…"),
+        )
     bar.empty()
     prediction = Prediction(probabilities, time.perf_counter() - started, label)
     cache.put(key, prediction)
