@@ -56,7 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the helpers the browser tests use to serve the app
 
-from browser_helpers import cpu_seconds, peak_memory_mb, streamlit_server  # noqa: E402
+from browser_helpers import cpu_seconds, memory_mb, streamlit_server  # noqa: E402
 
 from mriseg.app.case import sample_index  # noqa: E402
 
@@ -369,13 +369,6 @@ async def each(students: list[Student], step: Callable[[Student], Awaitable[None
 # --- measuring the server ----------------------------------------------------------------------------------------
 
 
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class MemorySampler:
     """The server's resident memory every 0.2 s, from a thread (the event loop may be busy parsing messages)."""
 
@@ -387,7 +380,7 @@ class MemorySampler:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(resident_mb(self.pid))
+            self.samples.append(memory_mb(self.pid))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> MemorySampler:
@@ -476,8 +469,8 @@ async def class_load_test(args: argparse.Namespace) -> None:
     with streamlit_server(warm=True, env=environment, log=server_log) as (url, process), \
             MemorySampler(process.pid) as memory:
         print(f"server {url}: mriseg serve (warm), settings {' '.join(args.server_env) or 'as users run it'}; "
-              f"{resident_mb(process.pid):.0f} MiB resident before any session, VmHWM so far (the warm-up) "
-              f"{peak_memory_mb(process.pid):.0f} MiB")
+              f"{memory_mb(process.pid):.0f} MiB resident before any session, VmHWM so far (the warm-up) "
+              f"{memory_mb(process.pid, 'VmHWM'):.0f} MiB")
         for number, scans in enumerate(waves, 1):
             first_sample = len(memory.samples)
             try:
@@ -491,9 +484,9 @@ async def class_load_test(args: argparse.Namespace) -> None:
                 details(result)
             await asyncio.sleep(3)  # the closed sessions' clean-up, before memory is read
             print(f"  server resident: peak sampled during the wave {max(memory.samples[first_sample:]):.0f} MiB, "
-                  f"3 s after it {resident_mb(process.pid):.0f} MiB")
+                  f"3 s after it {memory_mb(process.pid):.0f} MiB")
         print(f"server memory: peak sampled resident {max(memory.samples):.0f} MiB, VmHWM "
-              f"{peak_memory_mb(process.pid):.0f} MiB")
+              f"{memory_mb(process.pid, 'VmHWM'):.0f} MiB")
 
 
 def main() -> None:

@@ -18,9 +18,7 @@ Run from the repository root on a machine with a GPU:  .venv/bin/python benchmar
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mriseg.data.io import read_volume  # noqa: E402
+from mriseg.evaluation.benchmark import median_seconds  # noqa: E402
 from mriseg.metrics import dice  # noqa: E402
 from mriseg.postprocessing import binarize  # noqa: E402
 from mriseg.weights.bundle import load_segmenter  # noqa: E402
@@ -48,19 +47,6 @@ def brats_size_volume(slices: int, side: int = 240) -> np.ndarray:
     above = np.minimum(below + 1, len(volume) - 1)
     weight = (positions - below)[:, None, None]
     return (1 - weight) * volume[below] + weight * volume[above]
-
-
-def median_ms_per_slice(run: Callable[[], object], slices: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``run`` per slice, in ms, after one warm-up call, waiting for the GPU each time."""
-    def timed() -> float:
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - started
-
-    timed()
-    return 1000 * statistics.median(timed() for _ in range(repeats)) / slices
 
 
 def main() -> int:
@@ -84,7 +70,7 @@ def main() -> int:
           f"{segmenter.device_label}; median of {args.repeats} runs")
 
     def timing(label: str, run: Callable[[], object]) -> float:
-        ms = median_ms_per_slice(run, slices, args.repeats, device)
+        ms = 1000 * median_seconds(run, args.repeats, device) / slices
         print(f"  {label:<58} {ms:7.2f} ms per slice  ({1000 / ms:6.0f} slices/s)")
         return ms
 

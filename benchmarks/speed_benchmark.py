@@ -12,9 +12,7 @@ Run from the repository root:  .venv/bin/python benchmarks/speed_benchmark.py [-
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +21,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mriseg.evaluation.benchmark import median_seconds  # noqa: E402
 from mriseg.model import UNetConfig, create_model  # noqa: E402
 from mriseg.weights.bundle import load_segmenter  # noqa: E402
 
@@ -30,13 +29,7 @@ SLICES = 16
 
 
 def per_slice_ms(run, repeats: int) -> float:
-    run()  # warm-up: kernel selection and allocation
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / SLICES
+    return 1000 * median_seconds(run, repeats) / SLICES
 
 
 def main() -> None:

@@ -112,9 +112,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_memory_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process, in MiB (Linux)."""
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory in MiB (Linux): resident now ("VmRSS") or its peak so far ("VmHWM")."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")

@@ -171,7 +171,8 @@ def feature_maps_for(model: LoadedModel, case: Case, index: int, member: int = 0
     cache = feature_cache()
     maps = cache.get(key)
     if maps is None:
-        maps = feature_maps(model.segmenter, case.volume.pixels, index, member)
+        with FORWARD_PASS:
+            maps = feature_maps(model.segmenter, case.volume.pixels, index, member)
         cache.put(key, maps)
     return maps
 

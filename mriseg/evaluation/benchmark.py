@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,14 +12,18 @@ import torch
 from mriseg.inference import Segmenter
 
 
-def _median_seconds(run, repeats: int) -> float:
-    run()  # warm-up: first calls pay for allocator and kernel selection
-    times = []
-    for _ in range(repeats):
+def median_seconds(run: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:
+    """Median wall time of ``run`` over ``repeats`` calls after one warm-up call (first calls pay for allocator and
+    kernel selection); on a CUDA ``device`` each call is timed until the GPU has finished its work."""
+    def timed() -> float:
         started = time.perf_counter()
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    timed()
+    return statistics.median(timed() for _ in range(repeats))
 
 
 def benchmark(segmenter: Segmenter, size: int = 256, volume_slices: int = 32, repeats: int = 20) -> dict:
@@ -29,8 +34,8 @@ def benchmark(segmenter: Segmenter, size: int = 256, volume_slices: int = 32, re
     rng = np.random.default_rng(0)
     one_slice = rng.integers(0, 255, (1, size, size)).astype(np.float32)
     volume = rng.integers(0, 255, (volume_slices, size, size)).astype(np.float32)
-    latency = _median_seconds(lambda: segmenter.predict(one_slice), repeats)
-    volume_seconds = _median_seconds(lambda: segmenter.predict(volume), max(3, repeats // 5))
+    latency = median_seconds(lambda: segmenter.predict(one_slice), repeats)
+    volume_seconds = median_seconds(lambda: segmenter.predict(volume), max(3, repeats // 5))
 
     return {
         "device": segmenter.device_label,
