@@ -1,19 +1,66 @@
 """mriseg: brain tumour segmentation in MRI for the classroom. Run with ``streamlit run app.py``."""
 
-import streamlit as st
+import logging
 
-from mriseg.app import webapp
+import streamlit as st
+from streamlit.navigation.page import StreamlitPage
+
+from mriseg.app import access, webapp
+from mriseg.errors import InputError
+
+log = logging.getLogger("mriseg")
 
 st.set_page_config(page_title="mriseg: brain MRI tumour segmentation", page_icon=":material/neurology:", layout="wide")
 
+
+def show(page: StreamlitPage) -> None:
+    """The sidebar, any notice about the weights, then the page; a failure becomes one clear message on the page.
+
+    Visitors never see Streamlit's own error box (it tells a student nothing and invites pasting the error
+    elsewhere); tracebacks go to the server's log. st.stop, st.rerun and st.switch_page raise exceptions that
+    derive from BaseException, not Exception, so they pass through untouched.
+    """
+    try:
+        model = webapp.load_model(st.session_state.get("device", "auto"))
+    except Exception as error:
+        report(error, "The model cannot be loaded, so the app cannot segment anything")
+        return
+    try:
+        webapp.sidebar(page.title)
+        if model.notice:
+            st.warning(model.notice, icon=":material/gpp_maybe:")
+            st.sidebar.warning(model.notice, icon=":material/gpp_maybe:")
+        page.run()
+    except Exception as error:
+        report(error, "Something went wrong on this page")
+
+
+def report(error: Exception, what: str) -> None:
+    """One st.error for a failure: mriseg's own message when it has one (it names the file and what to do),
+    else the exception's first line, with the traceback in the log."""
+    if isinstance(error, InputError):
+        log.error("%s: %s", what, error)
+        st.error(f"{what}: {error}", icon=":material/error:")
+        return
+    log.exception(what)
+    summary = (str(error).splitlines() or [""])[0][:200]
+    st.error(f"{what} ({type(error).__name__}: {summary}). The details are in the server's log; reload the page "
+             "or choose another scan.", icon=":material/error:")
+
+
+locked = not access.unlocked()
 # URL paths differ from the file names on purpose: Streamlit's testing harness would otherwise mistake these
 # pages for the legacy pages/ directory and run them without this entry script (and its sidebar).
 # In presenter mode the sidebar is hidden and the pages are listed along the top: one click away on a projector.
+# Behind a class password the navigation is still declared (so a deep link survives signing in, and Streamlit never
+# falls back to listing pages/ itself) but hidden, and no page runs.
 navigation = st.navigation([
     st.Page("pages/segment.py", title="Segment", icon=":material/neurology:", url_path="scan", default=True),
     st.Page("pages/compare.py", title="Compare with ground truth", icon=":material/compare:", url_path="ground-truth"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="model-metrics"),
     st.Page("pages/how_it_works.py", title="How it works", icon=":material/schema:", url_path="inside-the-unet"),
-], position="top" if st.session_state.get("presenter") else "sidebar")
-webapp.sidebar(navigation.title)
-navigation.run()
+], position="hidden" if locked else "top" if st.session_state.get("presenter") else "sidebar")
+if locked:
+    access.password_form()
+else:
+    show(navigation)

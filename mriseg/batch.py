@@ -343,7 +343,8 @@ def segment_case(data: bytes | list[tuple[str, bytes]], name: str, *, weights: s
 
     Returns:
         A :class:`CaseResult`: ``ok`` with the mask file (PNG for a raster slice, NIfTI in scanner space for the
-        rest), or ``failed`` with the message. Nothing raises: one bad file must not end a run over an archive.
+        rest, a NIfTI input's in its own voxel order: :func:`mriseg.data.io.mask_to_nifti`), or ``failed`` with
+        the message. Nothing raises: one bad file must not end a run over an archive.
     """
     from mriseg.data.input_check import check_input
     from mriseg.data.io import mask_to_nifti, mask_to_png, read_dicom_files, read_volume
@@ -374,7 +375,14 @@ def segment_case(data: bytes | list[tuple[str, bytes]], name: str, *, weights: s
 
 
 def read_case(case: BatchCase) -> bytes | list[tuple[str, bytes]]:
-    """The bytes :func:`segment_case` takes for a case (read here, on the client). Raises OSError."""
+    """The bytes :func:`segment_case` takes for a case (read here, on the client). Raises OSError, also for files
+    larger together than any volume mriseg reads, before a byte of them is held in memory."""
+    from mriseg.data.io import MAX_UNCOMPRESSED_BYTES
+
+    size = sum(Path(path).stat().st_size for path in case.files)
+    if size > MAX_UNCOMPRESSED_BYTES:
+        raise OSError(f"{size / 2**20:,.0f} MiB is more than the {MAX_UNCOMPRESSED_BYTES >> 20} MiB mriseg reads "
+                      "for one scan")
     if case.dicom:
         return [(Path(path).name, Path(path).read_bytes()) for path in case.files]
     return Path(case.files[0]).read_bytes()

@@ -102,6 +102,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _errors(args: argparse.Namespace) -> int:
+    from mriseg.data.lgg import load_split
+    from mriseg.evaluation.errors import find_errors, format_errors
+    from mriseg.evaluation.report import write_report
+
+    segmenter, _, tta = _segmenter(args)
+    patients = load_split(args.split)[args.subset] if args.subset else None
+    errors = find_errors(args.data, segmenter, patients=patients, tta=tta, variant=args.variant)
+    print(format_errors(errors))
+    if args.out:
+        write_report(errors, args.out)
+        print(f"error list written to {args.out}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mriseg.batch import ModelSettings, cached_segmenter, dask_client, run_batch
     from mriseg.weights.bundle import read_config
@@ -348,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("candidate", help="report of the new model on the same patients")
     compare.set_defaults(handler=_compare_reports)
 
+    errors = commands.add_parser("errors", help="list every false-positive component and missed tumour slice")
+    errors.add_argument("--data", required=True, help="folder of patient folders (PNG or original TIFF)")
+    add_model_options(errors)
+    errors.add_argument("--out", default=None, help="write the JSON error list here")
+    errors.add_argument("--split", default=str(DEFAULT_SPLIT), help="split JSON used with --subset")
+    errors.add_argument("--subset", choices=("train", "validation"), default=None,
+                        help="only the patients of this side of the split (default: every patient in --data)")
+    errors.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    errors.add_argument("--variant", choices=VARIANTS, default="original", help="as for evaluate")
+    errors.set_defaults(handler=_errors)
+
     predict = commands.add_parser(
         "predict", help="segment image files, or whole folders of them, and write masks",
         description="Segment files and folders. A folder is walked: each NIfTI, raster or zip file is one case, the "
@@ -355,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "with summary.csv (one row per case), and a run again skips cases done. See docs/batch.md.")
     predict.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER",
                          help="PNG/JPEG/BMP/TIFF, DICOM (.dcm, .zip series, or folders of series), NIfTI, or folders")
-    predict.add_argument("--out", required=True, help="folder for the masks (NIfTI in scanner space for volumes and "
-                                                    "NIfTI/DICOM input, PNG for a single image slice)")
+    predict.add_argument("--out", required=True, help="folder for the masks (NIfTI for volumes and NIfTI/DICOM "
+                                                    "input, a NIfTI input's in its own voxel order and affine; PNG "
+                                                    "for a single image slice)")
     predict.add_argument("--threshold", type=float, default=None, help="default: the one stored with the weights")
     predict.add_argument("--tta", action="store_true", help="average with the mirrored image")
     predict.add_argument("--overwrite", action="store_true",

@@ -6,6 +6,8 @@ import streamlit as st
 
 from mriseg.app import webapp
 from mriseg.app.case import (
+    count_labels,
+    describe_labels,
     dice_range,
     is_flat,
     load_sample,
@@ -36,13 +38,27 @@ case = webapp.require_case()
 
 uploaded = st.file_uploader(
     "Ground-truth mask (optional)", key="truth_upload",
-    help="A binary mask (PNG/TIFF/NIfTI...) with the same shape as the scan: 0 for background, any one "
-         "value for tumour.",
+    help="A mask (PNG/TIFF/NIfTI...) with the same shape as the scan: binary (0 for background, any one value "
+         "for tumour), or a label mask such as BraTS's (0, 1, 2, 4), whose labels you then choose.",
 )
 webapp.process_upload(uploaded, "truth_upload",
                       lambda file: webapp.set_truth(with_truth(case, file.getvalue(), file.name)),
                       on_error=webapp.drop_uploaded_truth)
 case = webapp.current_case()  # with the uploaded ground truth, when one was accepted just now
+
+
+def count_chosen_labels() -> None:
+    webapp.set_truth(count_labels(webapp.current_case(), st.session_state["truth_labels_counted"]))
+
+
+if case.truth_labels is not None:
+    # The case holds the choice (it survives other pages and a new upload resets it); the widget shows it.
+    st.session_state["truth_labels_counted"] = list(case.truth_counted)
+    st.multiselect("Labels counted as tumour", case.truth_label_values, key="truth_labels_counted",
+                   on_change=count_chosen_labels,
+                   help="Every label > 0 by default: for BraTS labels, the whole tumour (what a FLAIR outline "
+                        "marks). 1 and 4 give the tumour core, 4 alone the enhancing tumour.")
+    st.caption(describe_labels(case.truth_label_values, case.truth_counted))
 
 if case.truth is None:
     st.info(f"{case.name} has no ground truth. Upload its mask above, or open a sample from the gallery.")
@@ -93,8 +109,7 @@ def slice_by_slice(index: int) -> None:
     chart.update_layout(title="Tumour pixels per slice (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", barmode="group", height=280, margin=dict(t=40, b=40),
                         legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    st.plotly_chart(style_chart(chart), key="agreement_chart",
-                    on_select=webapp.slice_jumper("agreement_chart", "compare_slice"), selection_mode="points")
+    st.plotly_chart(style_chart(chart), key="agreement_chart", on_select=jump_to_slice, selection_mode="points")
     missed = [row["slice"] for row in rows if row["verdict"] == "missed"]
     alarms = [row["slice"] for row in rows if row["verdict"] == "false alarm"]
     with_tumour = sum(row["truth_pixels"] > 0 for row in rows)
@@ -104,6 +119,12 @@ def slice_by_slice(index: int) -> None:
     if missed:
         note += " Whole-slice misses are usually at the top or bottom of a lesion, where it is small and faint."
     st.caption(note)
+
+
+def jump_to_slice() -> None:
+    """A bar of the agreement chart was clicked: show (and keep) its slice."""
+    webapp.slice_jumper("agreement_chart", "compare_slice")()
+    webapp.keep("compare_slice")
 
 
 def listed(slices: list[int]) -> str:
@@ -116,10 +137,11 @@ def side_by_side() -> None:
     index = 0
     if volume.n_slices > 1:
         largest = int(np.argmax(truth.reshape(len(truth), -1).sum(axis=1)))
-        st.session_state.setdefault("compare_slice", largest + 1)
+        webapp.remember("compare_slice", largest + 1)
         index = st.session_state["compare_slice"] - 1
         slice_by_slice(index)
-        index = st.slider("Slice", 1, volume.n_slices, key="compare_slice") - 1
+        index = st.slider("Slice", 1, volume.n_slices, key="compare_slice", on_change=webapp.keep,
+                          args=("compare_slice",)) - 1
     image = display_image(volume.pixels[index])
     columns = st.columns(4)
     columns[0].image(image, caption="Image", width="stretch")

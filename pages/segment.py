@@ -1,5 +1,7 @@
 """Segment page: pick a sample or upload a scan, see the overlay and heat map, measure, download."""
 
+from functools import partial
+
 import cv2
 import numpy as np
 import plotly.graph_objects as go
@@ -11,14 +13,17 @@ from mriseg.app.threshold_view import THRESHOLD_STEPS
 from mriseg.app.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
 from mriseg.data.io import mask_to_nifti, mask_to_png
 from mriseg.metrics import tumour_size
+from mriseg.postprocessing import removed_regions
 
 view = webapp.context()
 model, threshold = view.model, view.threshold
+REMOVED_OUTLINE = (170, 170, 170)  # grey: neither the outline's colour nor one of the heat map's
 if not view.presenter:  # on a projector the page list along the top names the page; the picture needs the room
     st.title("Segment a brain MRI")
     st.caption(f"A U-Net marks the FLAIR abnormality of lower-grade glioma. {webapp.DISCLAIMER}")
-    st.session_state.setdefault("source", "Sample gallery")
-    if st.radio("Scan", ["Sample gallery", "Upload a file"], horizontal=True, key="source") == "Sample gallery":
+    webapp.remember("source", "Sample gallery")
+    if st.radio("Scan", ["Sample gallery", "Upload a file"], horizontal=True, key="source", on_change=webapp.keep,
+                args=("source",)) == "Sample gallery":
         # A different label once a case is open makes a new, collapsed expander, so the result moves up.
         no_case = webapp.current_case() is None
         with st.expander("Sample gallery" if no_case else "Sample gallery: open another case", expanded=no_case):
@@ -36,6 +41,13 @@ prediction = webapp.predict(model, case, tta=view.tta)
 # The mask depends on the threshold only (a full rerun); the fragment below reuses it for display controls.
 mask = webapp.current_mask(model, prediction, threshold)
 size = tumour_size(mask, case.volume)
+# Also once per threshold (a full rerun): what the filters took away, so a confident region without an outline is
+# explained rather than vanishing.
+removed = removed_regions(prediction.probabilities.mean, model.postprocessing, threshold)
+# A file unlike brain FLAIR (a photograph, a CT, another body part) still gets an outline, to show what the model
+# does, but its area measures nothing.
+meaningless = bool(case.warnings)
+NOT_MEANINGFUL = "not meaningful"
 
 
 def truth_note(agreement: dict, highest_inside: float) -> str:
@@ -70,13 +82,53 @@ def truth_note(agreement: dict, highest_inside: float) -> str:
             "model.")
 
 
+def unmeant(area: str) -> None:
+    """The tumour area of a file unlike brain FLAIR, shown as not meaningful; the model's number stays in the help."""
+    st.metric("Tumour area, this slice", NOT_MEANINGFUL,
+              help=f"The outline covers {area} on this slice, but this file is not brain FLAIR (see the warning "
+                   "above): the model never saw such images, so the number measures nothing.")
+    st.caption("Outline and area not meaningful: this file is not brain FLAIR.")
+
+
+def removed_note(index: int) -> None:
+    """One line for what the filters removed on this slice (the most confident region), and how much elsewhere."""
+    here = [region for region in removed if region["first_slice"] <= index <= region["last_slice"]]
+    elsewhere = len(removed) - len(here)
+    lines = []
+    if here:
+        region = here[0]
+        first, last = region["first_slice"] + 1, region["last_slice"] + 1
+        where = f"on slice {first}" if first == last else f"on slices {first}-{last}"
+        more = f" Nor are {len(here) - 1} smaller or fainter ones here." if len(here) > 1 else ""
+        lines.append(f":material/filter_alt: A region of {region['voxels']:,} px (peak probability "
+                     f"{region['peak']:.2f}) {where} is not outlined: {removal_reason(region['reason'])} Grey "
+                     f"outline on the heat map.{more}")
+    if elsewhere and case.volume.n_slices > 1:
+        lines.append(f"The filters remove {elsewhere} region{'s' * (elsewhere > 1)} on other slices at this "
+                     "threshold.")
+    if lines:
+        st.caption(" ".join(lines))
+
+
+def removal_reason(reason: str) -> str:
+    """Why a filter of the model's post-processing removed a region, with the filter's setting."""
+    config = model.postprocessing
+    if reason == "speck":
+        slice_area = case.volume.shape[1] * case.volume.shape[2]
+        return (f"the 2D filter removes specks under {round(config.min_component_fraction * slice_area):,} px "
+                f"({config.min_component_fraction:.1%} of the slice).")
+    return f"the 3D filter keeps only components at least {config.min_volume_fraction:.0%} of the largest."
+
+
 def measurements(index: int) -> None:
     """The numbers under (or, on a projector, beside) the pictures, and how the slice compares with a reference."""
     volume, probabilities = case.volume, prediction.probabilities
     slice_pixels = size["slice_pixels"][index]
     area_mm2 = volume.pixel_area_mm2
     area = f"{slice_pixels:,} px" + ("" if area_mm2 is None else f" · {slice_pixels * area_mm2:,.1f} mm²")
-    if view.presenter:  # one number for the back row: the slice's area, or the volume of a whole scan
+    if meaningless:
+        unmeant(area)
+    elif view.presenter:  # one number for the back row: the slice's area, or the volume of a whole scan
         if volume.n_slices > 1 and size["volume_ml"] is not None:
             st.metric("Tumour volume", f"{size['volume_ml']:.2f} mL")
         else:
@@ -128,33 +180,42 @@ def result_view() -> None:
     st.subheader(case.name)
     row = st.columns([5, 1], vertical_alignment="bottom")
     if volume.n_slices > 1:
-        st.session_state.setdefault("slice", (size["largest_slice"] or volume.n_slices // 2) + 1)
-        index = row[0].slider("Slice", 1, volume.n_slices, key="slice",
+        webapp.remember("slice", (size["largest_slice"] or volume.n_slices // 2) + 1)
+        index = row[0].slider("Slice", 1, volume.n_slices, key="slice", on_change=webapp.keep, args=("slice",),
                               help="Starts on the slice with the largest predicted tumour") - 1
     else:
         index = 0
     with row[1].popover("Display", icon=":material/palette:", width="stretch"):
         # Defaults go into the session state, not the widgets: the app keeps these values across pages.
         for name, default in (("opacity", 0.45), ("colour", "red"), ("style", "fill")):
-            st.session_state.setdefault(name, default)
-        opacity = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity")
-        colour = st.selectbox("Colour", list(COLOURS), key="colour")
-        style = st.radio("Style", ["fill", "contour"], horizontal=True, key="style")
+            webapp.remember(name, default)
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", on_change=webapp.keep,
+                            args=("opacity",))
+        colour = st.selectbox("Colour", list(COLOURS), key="colour", on_change=webapp.keep, args=("colour",))
+        style = st.radio("Style", ["fill", "contour"], horizontal=True, key="style", on_change=webapp.keep,
+                         args=("style",))
 
     image = display_image(volume.pixels[index])
     probability_map = heatmap(probabilities.mean[index], image)
+    removed_here = (probabilities.mean[index] >= threshold) & ~mask[index]
+    if removed_here.any():
+        probability_map = overlay(probability_map, removed_here, REMOVED_OUTLINE, style="contour")
+    caption = ("Outline not meaningful: this file is not brain FLAIR · threshold {threshold}" if meaningless else
+               "Tumour at threshold {threshold}")
     # On a projector the numbers stand beside the pictures, so all of it fits one 1920x1080 screen.
     picture_area, number_area = st.columns([4, 1]) if view.presenter else (st.container(), st.container())
     with picture_area:
         webapp.threshold_view(
             case, webapp.masks_for_every_threshold(model, case, prediction, view.tta), index, threshold,
-            image=webapp.Picture(to_png(image), "Tumour at threshold {threshold}"),
-            heat=webapp.Picture(to_png(probability_map), "Tumour probability (dark: 0, yellow: 1)"),
+            image=webapp.Picture(to_png(image), caption),
+            heat=webapp.Picture(to_png(probability_map), "Tumour probability (dark: 0, yellow: 1)" + (
+                "; grey outline: removed by the filters" if removed_here.any() else "")),
             input_picture=None if view.presenter else webapp.Picture(to_png(image), "Input, as the model sees it"),
             colour=colour, opacity=opacity, style=style, presenter=view.presenter, tta=view.tta,
         )
     with number_area:
         measurements(index)
+        removed_note(index)
     if probabilities.std is not None:
         uncertainty_view(image, index)
 
@@ -167,7 +228,8 @@ def result_view() -> None:
     if volume.n_slices == 1 and volume.affine is None:
         downloads[0].download_button("Mask (PNG)", mask_to_png(mask[0]), f"{stem}_mask.png", "image/png")
     else:
-        downloads[0].download_button("Mask (NIfTI)", mask_to_nifti(mask, volume), f"{stem}_mask.nii.gz",
+        # Made when asked for: compressing a whole volume's mask on every slider move would cost every student.
+        downloads[0].download_button("Mask (NIfTI)", partial(mask_to_nifti, mask, volume), f"{stem}_mask.nii.gz",
                                      "application/gzip")
     # Twice the scan's size, so the outline stays sharp on a slide; named with its slice.
     large_image = cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
@@ -175,7 +237,7 @@ def result_view() -> None:
     large = overlay(large_image, large_mask, colour, opacity, style)
     name = f"{stem}_slice{index + 1:03d}_overlay.png" if volume.n_slices > 1 else f"{stem}_overlay.png"
     downloads[1].download_button("Overlay (PNG)", to_png(large), name, "image/png")
-    downloads[2].download_button("Measurements (CSV)", measurements_csv(case, mask, threshold),
+    downloads[2].download_button("Measurements (CSV)", partial(measurements_csv, case, mask, threshold),
                                  f"{stem}_measurements.csv", "text/csv")
 
 
@@ -186,14 +248,20 @@ def mark_slice(picture: np.ndarray, index: int, n_slices: int) -> None:
     picture[row, dashes] = (240, 180, 41)
 
 
+def jump_to_slice() -> None:
+    """A bar of the per-slice chart was clicked: show (and keep) its slice."""
+    webapp.slice_jumper("slice_chart", "slice")()
+    webapp.keep("slice")
+
+
 def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
     """Per-slice tumour area (click a bar to go there) and sagittal/coronal reformats."""
     chart = go.Figure(go.Bar(x=list(range(1, volume.n_slices + 1)), y=size["slice_pixels"],
                              marker_color=["#f0b429" if i == index else "#4c78a8" for i in range(volume.n_slices)]))
-    chart.update_layout(title="Tumour area per slice (click a bar to jump there)", xaxis_title="slice",
+    title = "Tumour area per slice" + (f" ({NOT_MEANINGFUL}: not brain FLAIR)" if meaningless else "")
+    chart.update_layout(title=f"{title} (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", height=260, margin=dict(t=40, b=40))
-    st.plotly_chart(chart, key="slice_chart", on_select=webapp.slice_jumper("slice_chart", "slice"),
-                    selection_mode="points")
+    st.plotly_chart(chart, key="slice_chart", on_select=jump_to_slice, selection_mode="points")
 
     rows, columns = np.nonzero(mask[index]) if mask[index].any() else ([volume.shape[1] // 2], [volume.shape[2] // 2])
     st.session_state.setdefault("coronal_row", int(np.median(rows)) + 1)
@@ -206,7 +274,7 @@ def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
     pictures = st.columns(2)
     for picture, plane, position in ((pictures[0], "coronal", row), (pictures[1], "sagittal", column)):
         image = reformat(volume.pixels, plane, position, stretch)
-        outline = reformat(mask.astype(np.float32), plane, position, stretch) > 0.5
+        outline = reformat(mask, plane, position, stretch) > 0.5  # one plane converted, not the whole volume
         drawn = overlay(display_image(image), outline, "red", style="contour")
         mark_slice(drawn, index, volume.n_slices)
         picture.image(drawn, caption=f"{plane.capitalize()} reformat, top of the head up; the dashed line is "

@@ -10,9 +10,11 @@ import re
 import shutil
 import time
 
+import cv2
 import pytest
 from browser_helpers import cpu_seconds, open_sample
 from helpers import REPO_ROOT, SAMPLES
+from skimage import data as skimage_data
 
 pytestmark = pytest.mark.browser
 
@@ -69,6 +71,13 @@ def test_upload_threshold_compare_and_bad_file(server, browser, slice_samples):
     page.locator("input[type=file]").set_input_files(str(bad))
     expect(page.get_by_text("not a readable image")).to_be_visible()
     expect(page.get_by_text("Traceback")).to_have_count(0)
+
+    # A colour photograph: warned about, and its outline's area under the slider is no measurement.
+    photo = ARTIFACTS / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    page.locator("input[type=file]").set_input_files(str(photo))
+    expect(page.get_by_text("This looks like a colour photograph")).to_be_visible()
+    expect(page.locator(".reading")).to_have_text(re.compile("^area not meaningful"))
     page.locator("input[type=file]").set_input_files(str(SAMPLES / entry["image"]))
     expect(page.get_by_text("Tumour area, this slice")).to_be_visible()
 

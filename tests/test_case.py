@@ -7,6 +7,7 @@ import pytest
 from mriseg.app.case import (
     CURVE_THRESHOLDS,
     case_from_bytes,
+    count_labels,
     highest_probability_in_truth,
     load_sample,
     mask_fit_warning,
@@ -53,6 +54,21 @@ def test_uploaded_truth_must_match(slice_samples):
     assert good.truth_source == "uploaded mask mine.png"
     with pytest.raises(InputError, match="must match"):
         with_truth(case, mask_to_png(np.zeros((128, 128), bool)), "small.png")
+
+
+def test_uploaded_label_mask_counts_every_label_until_others_are_chosen(slice_samples):
+    import cv2
+
+    case = load_sample(slice_samples[0])
+    labels = np.zeros((256, 256), np.uint8)
+    labels[40:120, 40:120], labels[60:100, 60:100], labels[75:85, 75:85] = 2, 4, 1
+    uploaded = with_truth(case, cv2.imencode(".png", labels)[1].tobytes(), "seg.png")
+    assert uploaded.truth_label_values == (1, 2, 4) and uploaded.truth_counted == (1, 2, 4)
+    np.testing.assert_array_equal(uploaded.truth[0], labels > 0)
+    core = count_labels(uploaded, [4, 1])
+    assert core.truth_counted == (1, 4) and int(core.truth.sum()) == 40 * 40
+    binary = with_truth(core, mask_to_png(labels > 0), "binary.png")  # a new binary mask forgets the labels
+    assert binary.truth_labels is None and binary.truth_counted == () and int(binary.truth.sum()) == 80 * 80
 
 
 def test_threshold_curve_is_monotone_in_area():

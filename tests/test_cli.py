@@ -72,7 +72,7 @@ def test_predict_writes_scanner_space_nifti_for_dicom_and_2d_nifti(tmp_path, sam
     assert line.count("mm²") == 1  # the largest slice's area, never one summed over slices
 
     slice_mask = nib.load(out / "slice_mask.nii.gz")
-    assert slice_mask.shape == (256, 256, 1)
+    assert slice_mask.shape == (256, 256)  # the input's own shape: a 2D file's mask is 2D too
     np.testing.assert_allclose(slice_mask.affine, affine)
     pixels = int((np.asarray(slice_mask.dataobj) > 0).sum())
     line = next(line for line in result.stdout.splitlines() if line.startswith("slice.nii"))

@@ -138,3 +138,74 @@ def test_paired_comparison_calls_a_mixed_change_no_difference():
     assert "no difference that these patients can show" in format_comparison(comparison)
     with pytest.raises(ValueError, match="no patient in common"):
         compare_reports(baseline, {"patients": {"other": 0.9}})
+
+
+def test_error_list_names_each_false_positive_and_missed_slice():
+    from mriseg.evaluation.errors import NO_TUMOUR, error_list, format_errors
+
+    truth = np.zeros((6, 64, 64), bool)
+    truth[1:4, 10:30, 10:30] = True  # the tumour, slices 1-3
+    truth[4, 10:14, 10:14] = True  # its faint tip, missed
+    probabilities = np.where(truth, 0.9, 0.0).astype(np.float32)
+    probabilities[4][truth[4]] = 0.2
+    probabilities[1, 12:20, 40:60] = 0.7  # beside the tumour on a tumour slice: 160 voxels, 10 px away
+    probabilities[5:6, 50:60, 50:60] = 0.95  # below it on a tumour-free slice: 100 voxels
+    probabilities[5, 52:56, 52:56] = 0.99
+    config = PostprocessingConfig(threshold=0.5)
+    errors = error_list([PatientPrediction("TCGA_CS_0001_20000101", probabilities, truth),
+                         PatientPrediction("TCGA_HT_0002_20000101", probabilities, np.zeros_like(truth))], config)
+    first, second, *rest = [fp for fp in errors["false_positives"] if fp["patient"].startswith("TCGA_CS")]
+    assert not rest
+    assert (first["first_slice"], first["last_slice"], first["voxels"], first["distance_px"]) == (1, 1, 160, 11.0)
+    assert not first["on_tumour_free_slice"] and first["max_probability"] == pytest.approx(0.7)
+    assert (second["first_slice"], second["voxels"], second["tumour_free_slices"]) == (5, 100, 1)
+    assert second["on_tumour_free_slice"] and second["max_probability"] == pytest.approx(0.99)
+    assert second["mean_probability"] == pytest.approx((84 * 0.95 + 16 * 0.99) / 100, abs=1e-3)
+    # the patient without tumour: everything predicted is a false positive, with no distance to give
+    other = [fp for fp in errors["false_positives"] if fp["patient"].startswith("TCGA_HT")]
+    assert len(other) == 3 and {fp["distance_px"] for fp in other} == {NO_TUMOUR}
+    assert errors["false_positives"][0]["severity"] == max(fp["severity"] for fp in errors["false_positives"])
+    assert errors["missed_slices"] == [{"patient": "TCGA_CS_0001_20000101", "slice": 4, "tumour_pixels": 16,
+                                        "max_probability_in_tumour": pytest.approx(0.2), "predicted_pixels": 0,
+                                        "removed_by_filters": False}]
+    assert errors["counts"]["false_positive_components"] == 5 and errors["counts"]["missed_slices"] == 1
+    assert "5 false-positive components" in format_errors(errors) and "1 missed tumour slices" in format_errors(errors)
+    json.dumps(errors)
+
+
+def test_a_missed_slice_says_when_a_filter_emptied_it():
+    from mriseg.evaluation.errors import error_list
+
+    truth = np.zeros((3, 100, 100), bool)
+    truth[0:2, 10:40, 10:40] = True
+    truth[2, 10:14, 10:14] = True
+    probabilities = np.where(truth, 0.9, 0.0).astype(np.float32)  # the tip, 16 pixels, is under 0.2% of a slice
+    errors = error_list([PatientPrediction("p", probabilities, truth)],
+                        PostprocessingConfig(threshold=0.5, min_component_fraction=0.002))
+    assert [(m["slice"], m["removed_by_filters"]) for m in errors["missed_slices"]] == [(2, True)]
+    assert errors["counts"]["missed_slices_removed_by_filters"] == 1
+
+
+@pytest.mark.slow
+def test_errors_command_writes_the_list(kaggle_folder, tmp_path, capsys):
+    from mriseg.cli import main
+
+    out = tmp_path / "errors.json"
+    assert main(["errors", "--data", str(kaggle_folder), "--device", "cpu", "--out", str(out)]) == 0
+    errors = json.loads(out.read_text())
+    assert errors["variant"] == "original" and errors["n_patients"] >= 1
+    assert set(errors["counts"]) >= {"false_positive_components", "missed_slices"}
+    assert "false-positive components" in capsys.readouterr().out
+
+
+def test_comparison_reports_false_alarms_and_hd95_beside_dice():
+    rows = {f"p{i}": {"hd95": 4.0 + i} for i in range(6)}
+    baseline = {"patients": {f"p{i}": 0.8 for i in range(6)}, "empty_slice_fp_rate": 0.03, "hd95_px": 6.5,
+                "patient_metrics": rows}
+    candidate = {"patients": {f"p{i}": 0.8 for i in range(6)}, "empty_slice_fp_rate": 0.02, "hd95_px": 5.5,
+                 "patient_metrics": {name: {"hd95": row["hd95"] - 1} for name, row in rows.items()}}
+    comparison = compare_reports(baseline, candidate)
+    assert comparison["secondary"]["hd95_difference"] == pytest.approx(-1.0)
+    text = format_comparison(comparison)
+    assert "false positives on empty slices: baseline 3.00%, candidate 2.00%" in text
+    assert "HD95 (pixels, mean): baseline 6.50, candidate 5.50; paired difference -1.00" in text

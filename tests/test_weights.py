@@ -1,6 +1,8 @@
-"""Weights resolution: hand-built HF cache offline, fallback from a dead endpoint, refusal of corrupt files."""
+"""Weights resolution: hand-built HF cache offline, fallback from a dead endpoint, refusal of corrupt files and of
+edited or unfingerprinted configs."""
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -14,7 +16,19 @@ import pytest
 from helpers import REPO_ROOT, WEIGHTS
 
 from mriseg.errors import InputError
-from mriseg.weights.bundle import load_model, load_segmenter
+from mriseg.model import create_model
+from mriseg.postprocessing import PostprocessingConfig
+from mriseg.preprocessing import PreprocessingConfig
+from mriseg.weights.bundle import (
+    fingerprint_of,
+    load_model,
+    load_segmenter,
+    model_version,
+    read_config,
+    recipe_of,
+    save_bundle,
+    sha256_of,
+)
 from mriseg.weights.hub import resolve_weights
 
 REPO = "mriseg-test/unet-lgg"
@@ -133,3 +147,60 @@ def test_corrupted_weights_are_refused(tmp_path):
 def test_missing_config_is_explained(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         load_model(tmp_path)
+
+
+def copy_of_shipped(folder: Path, **changes) -> Path:
+    """A copy of the shipped weights folder whose config.json has ``changes`` (None: the key removed)."""
+    shutil.copytree(WEIGHTS, folder)
+    config = read_config(folder)
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def test_shipped_config_is_fingerprinted_and_its_version_is_the_fingerprint():
+    config = read_config(WEIGHTS)
+    assert config["weights_sha256"] == sha256_of(WEIGHTS / "model.safetensors")
+    assert config["fingerprint_sha256"] == fingerprint_of(config)
+    assert model_version(config) == config["fingerprint_sha256"][:12]
+    assert model_version(config) in (WEIGHTS / "README.md").read_text()  # the model card shows it
+
+
+def test_save_bundle_fingerprints_what_decides_the_output(tmp_path):
+    model = create_model({"base_width": 4, "depth": 2})
+    folder = save_bundle(tmp_path / "w", model, PreprocessingConfig(grid_size=64), PostprocessingConfig(),
+                         {"note": "kept"})
+    loaded, config = load_model(folder)
+    assert config["fingerprint_sha256"] == fingerprint_of(config) and config["note"] == "kept"
+    assert recipe_of(config) == {"note": "kept"}  # a re-export writes a fresh fingerprint, never carries the old
+    threshold = fingerprint_of({**config, "postprocessing": {**config["postprocessing"], "threshold": 0.3}})
+    grid = fingerprint_of({**config, "preprocessing": {**config["preprocessing"], "grid_size": 128}})
+    assert len({threshold, grid, config["fingerprint_sha256"]}) == 3
+
+
+@pytest.mark.parametrize("section", ["preprocessing", "postprocessing"])
+def test_a_config_edited_after_export_is_refused(tmp_path, section):
+    shipped = read_config(WEIGHTS)
+    key = "grid_size" if section == "preprocessing" else "threshold"
+    edited = {**shipped[section], key: 128 if key == "grid_size" else 0.2}
+    folder = copy_of_shipped(tmp_path / "weights", **{section: edited})
+    with pytest.raises(InputError, match="config.json was edited after export: its preprocessing/post-processing "
+                                         "no longer match the fingerprint"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("key", ["weights_sha256", "fingerprint_sha256"])
+def test_a_config_without_its_checks_is_refused(tmp_path, key):
+    folder = copy_of_shipped(tmp_path / "weights", **{key: None})
+    with pytest.raises(InputError, match=rf"config.json records no {key}.*python -m mriseg export"):
+        load_model(folder)
+
+
+def test_settings_outside_the_fingerprint_may_change(tmp_path):
+    folder = copy_of_shipped(tmp_path / "weights", data="relabelled", validation_metrics={})
+    _, config = load_model(folder)
+    assert model_version(config) == model_version(read_config(WEIGHTS))

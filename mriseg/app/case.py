@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from mriseg.config import SAMPLES_DIR
 from mriseg.data.input_check import check_input
-from mriseg.data.io import Volume, read_mask, read_volume
+from mriseg.data.io import Volume, labels_to_mask, read_label_mask, read_mask, read_volume
 from mriseg.metrics import dice, iou, tumour_size
 from mriseg.postprocessing import PostprocessingConfig, binarize
 from mriseg.preprocessing import darken_masked_background, find_head
@@ -36,6 +36,10 @@ class Case:
         truth_source: where the ground truth came from, for display.
         warnings: why the file may not be what the model knows (:func:`mriseg.data.input_check.check_input`), worked
             out once when the file is opened.
+        truth_labels: an uploaded label mask (several labels, such as BraTS's 1, 2, 4), kept so the user can choose
+            which labels count; None for a binary mask.
+        truth_label_values: the labels > 0 that ``truth_labels`` holds.
+        truth_counted: the labels ``truth`` counts as tumour.
     """
 
     name: str
@@ -44,6 +48,9 @@ class Case:
     truth: np.ndarray | None = None
     truth_source: str | None = None
     warnings: tuple[str, ...] = ()
+    truth_labels: np.ndarray | None = None
+    truth_label_values: tuple[int, ...] = ()
+    truth_counted: tuple[int, ...] = ()
 
 
 def case_from_bytes(data: bytes, filename: str) -> Case:
@@ -54,9 +61,48 @@ def case_from_bytes(data: bytes, filename: str) -> Case:
 
 
 def with_truth(case: Case, data: bytes, filename: str) -> Case:
-    """The case with a ground-truth mask file attached (must be binary and match the image's shape)."""
-    truth = read_mask(data, filename, expected_shape=case.volume.shape)
-    return replace(case, truth=truth, truth_source=f"uploaded mask {filename}")
+    """The case with a ground-truth mask file attached: binary, or a label mask of which every label > 0 counts
+    until :func:`count_labels` chooses others; it must match the image's shape."""
+    labels, values = read_label_mask(data, filename, expected_shape=case.volume.shape)
+    truth = replace(case, truth_source=f"uploaded mask {filename}", truth_labels=None, truth_label_values=(),
+                    truth_counted=())
+    if len(values) < 2:
+        return replace(truth, truth=labels > 0)
+    return count_labels(replace(truth, truth_labels=labels, truth_label_values=values), values)
+
+
+def count_labels(case: Case, chosen: tuple[int, ...] | list[int]) -> Case:
+    """The case whose ground truth counts the ``chosen`` labels of its label mask as tumour."""
+    chosen = tuple(sorted(int(value) for value in chosen))
+    return replace(case, truth=labels_to_mask(case.truth_labels, chosen), truth_counted=chosen)
+
+
+def is_brats_style(values: tuple[int, ...]) -> bool:
+    """Labels as BraTS writes them: 2 (oedema) with some of 1 (necrotic core), 3, 4 (enhancing tumour)."""
+    return 2 in values and len(values) > 1 and set(values) <= {1, 2, 3, 4}
+
+
+def describe_labels(values: tuple[int, ...], counted: tuple[int, ...]) -> str:
+    """What a label mask holds and which of its labels count as tumour, with the BraTS region's name when it has one.
+
+    Example:
+        >>> describe_labels((1, 2, 4), (1, 2, 4))
+        'This mask holds labels 1, 2, 4 (BraTS-style): counting labels 1, 2, 4 as tumour (whole tumour).'
+        >>> describe_labels((1, 2, 4), (1, 4))
+        'This mask holds labels 1, 2, 4 (BraTS-style): counting labels 1, 4 as tumour (tumour core).'
+        >>> describe_labels((1, 2, 3), ())
+        'This mask holds labels 1, 2, 3 (BraTS-style): counting no label as tumour, so the ground truth is empty.'
+    """
+    brats = is_brats_style(values)
+    held = f"This mask holds labels {', '.join(map(str, values))}{' (BraTS-style)' if brats else ''}"
+    if not counted:
+        return f"{held}: counting no label as tumour, so the ground truth is empty."
+    regions = {tuple(values): "whole tumour"}
+    if brats:
+        regions |= {tuple(v for v in values if v != 2): "tumour core", (max(values),): "enhancing tumour"}
+    region = f" ({regions[counted]})" if tuple(counted) in regions and (brats or counted == values) else ""
+    plural = "s" if len(counted) > 1 else ""
+    return f"{held}: counting label{plural} {', '.join(map(str, counted))} as tumour{region}."
 
 
 def sample_index(samples_dir: Path = SAMPLES_DIR) -> list[dict]:

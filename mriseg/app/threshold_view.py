@@ -11,12 +11,12 @@ overlay on a canvas as the slider moves; the chosen value goes back to the serve
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mriseg.app.visualize import COLOURS, to_png
-from mriseg.postprocessing import PostprocessingConfig, binarize
+from mriseg.postprocessing import PostprocessingConfig, binarize, bounding_box
 
 # The shared threshold's range and step (the sidebar slider offers the same values).
 THRESHOLD_STEPS: tuple[float, ...] = tuple(round(0.05 + 0.01 * step, 2) for step in range(91))
@@ -33,19 +33,33 @@ def step_of(threshold: float) -> int:
     return int(np.argmin(np.abs(np.asarray(THRESHOLD_STEPS) - threshold)))
 
 
+# Bytes of bits per pixel for all the steps, and the W-wide tiles of a slice's picture that hold them.
+STEP_BYTES = -(-len(THRESHOLD_STEPS) // 8)
+TILES = -(-STEP_BYTES // CHANNELS)
+
+
 @dataclass(frozen=True)
 class ThresholdMasks:
-    """Every threshold step's mask of a volume, packed per slice for the browser.
+    """Every threshold step's mask of a volume, packed as bits; a slice's picture for the browser is encoded the
+    first time it is asked for (a volume's first overlay waits for one PNG, not for one per slice).
 
     Attributes:
-        slice_pngs: one PNG per slice, (H, W * tiles) RGB, the bits of every step's mask.
-        tiles: how many W-wide tiles each PNG holds.
+        shape: (slices, H, W) of the volume.
+        box: the slices, rows and columns outside which every step's mask is empty (None: all are empty).
+        bits: (:data:`STEP_BYTES`, slices, rows, columns) of the box: step ``k`` is bit ``7 - k % 8`` of byte
+            ``k // 8`` (NumPy's ``packbits`` order).
         slice_counts: (slices, steps) tumour pixels per slice at each step.
     """
 
-    slice_pngs: tuple[bytes, ...]
-    tiles: int
+    shape: tuple[int, int, int]
+    box: tuple[slice, slice, slice] | None
+    bits: np.ndarray
     slice_counts: np.ndarray
+    _pngs: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def tiles(self) -> int:
+        return TILES
 
     @property
     def volume_counts(self) -> list[int]:
@@ -54,7 +68,31 @@ class ThresholdMasks:
 
     @property
     def nbytes(self) -> int:
-        return sum(map(len, self.slice_pngs)) + self.slice_counts.nbytes
+        return self.bits.nbytes + self.slice_counts.nbytes + sum(map(len, self._pngs.values()))
+
+    def slice_png(self, index: int) -> bytes:
+        """Slice ``index``'s masks as an (H, W * tiles) RGB PNG (see the module docstring); encoded once."""
+        png = self._pngs.get(index)
+        if png is None:
+            png = self._pngs.setdefault(index, to_png(self.slice_picture(index)))  # RGB in, RGB out: exact bytes
+        return png
+
+    def slice_picture(self, index: int) -> np.ndarray:
+        """Slice ``index``'s masks as the (H, W * tiles, 3) picture the browser decodes."""
+        packed = np.zeros((STEP_BYTES, *self.shape[1:]), np.uint8)
+        if self.box is not None and self.box[0].start <= index < self.box[0].stop:
+            packed[:, self.box[1], self.box[2]] = self.bits[:, index - self.box[0].start]
+        return _picture(packed)
+
+
+def _picture(packed: np.ndarray) -> np.ndarray:
+    """(bytes, H, W) packed bits as an (H, W * tiles, 3) picture: byte ``b`` in tile ``b // 3``, channel ``b % 3``."""
+    tiles = -(-len(packed) // CHANNELS)
+    padded = np.zeros((tiles * CHANNELS, *packed.shape[1:]), np.uint8)
+    padded[: len(packed)] = packed
+    # (tiles, channels, H, W) -> (H, tiles, W, channels) -> (H, tiles * W, channels)
+    picture = padded.reshape(tiles, CHANNELS, *packed.shape[1:]).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(picture.reshape(packed.shape[1], -1, CHANNELS))
 
 
 def pack_masks(masks: np.ndarray) -> tuple[np.ndarray, int]:
@@ -66,13 +104,8 @@ def pack_masks(masks: np.ndarray) -> tuple[np.ndarray, int]:
         >>> picture.shape, tiles, [bool(unpack_step(picture, tiles, k)[0, 0]) for k in (0, 45, 46)]
         ((2, 8, 3), 4, [True, True, False])
     """
-    packed = np.packbits(masks, axis=0)  # (bytes, H, W): step k is bit 7 - k % 8 of byte k // 8
-    tiles = -(-len(packed) // CHANNELS)
-    padded = np.zeros((tiles * CHANNELS, *packed.shape[1:]), np.uint8)
-    padded[: len(packed)] = packed
-    # (tiles, channels, H, W) -> (H, tiles, W, channels) -> (H, tiles * W, channels)
-    picture = padded.reshape(tiles, CHANNELS, *packed.shape[1:]).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(picture.reshape(packed.shape[1], -1, CHANNELS)), tiles
+    picture = _picture(np.packbits(masks, axis=0))
+    return picture, picture.shape[1] // masks.shape[-1]
 
 
 def unpack_step(picture: np.ndarray, tiles: int, step: int) -> np.ndarray:
@@ -84,19 +117,24 @@ def unpack_step(picture: np.ndarray, tiles: int, step: int) -> np.ndarray:
 
 
 def threshold_masks(probabilities: np.ndarray, postprocessing: PostprocessingConfig) -> ThresholdMasks:
-    """Post-process ``probabilities`` (slices, H, W) at every threshold step and pack each slice for the browser.
+    """Post-process ``probabilities`` (slices, H, W) at every threshold step and pack the masks as bits.
 
-    The cost is ~5-10 ms a step for a 20-slice volume on two cores (the tumour's bounding box is all that is
-    filtered), small beside the forward pass that made the probabilities.
+    Memory stays near the volume's own size whatever the input: each step's mask is packed into the bits of the
+    box where the lowest step finds anything (every mask, holes filled, lies inside it) before the next step is
+    computed, so a volume costs 12 bytes a voxel of that box, never one mask per step.
     """
     probabilities = np.asarray(probabilities)
-    stack = np.stack([binarize(probabilities, postprocessing, threshold) for threshold in THRESHOLD_STEPS], axis=1)
-    counts = stack.reshape(*stack.shape[:2], -1).sum(axis=2)
-    pngs, tiles = [], 0
-    for masks in stack:
-        picture, tiles = pack_masks(masks)
-        pngs.append(to_png(picture))  # RGB in, RGB out: the bytes survive exactly
-    return ThresholdMasks(tuple(pngs), tiles, counts)
+    probabilities = probabilities.reshape(-1, *probabilities.shape[-2:])
+    counts = np.zeros((len(probabilities), len(THRESHOLD_STEPS)), np.int64)
+    box = bounding_box(probabilities >= THRESHOLD_STEPS[0], margin=0)
+    if box is None:
+        return ThresholdMasks(probabilities.shape, None, np.zeros((STEP_BYTES, 0, 0, 0), np.uint8), counts)
+    bits = np.zeros((STEP_BYTES, *(part.stop - part.start for part in box)), np.uint8)
+    for step, threshold in enumerate(THRESHOLD_STEPS):
+        mask = binarize(probabilities, postprocessing, threshold)[box]
+        bits[step // 8] |= mask.view(np.uint8) << (7 - step % 8)
+        counts[box[0], step] = mask.sum(axis=(1, 2))
+    return ThresholdMasks(probabilities.shape, box, bits, counts)
 
 
 def data_url(png: bytes) -> str:
@@ -267,7 +305,9 @@ export default function (component) {
       words += data.voxel_ml !== null ? formatNumber(data.volume_counts[step] * data.voxel_ml, 2) + ' mL'
                                       : formatNumber(data.volume_counts[step], 0) + ' px';
     }
-    root.querySelector('.reading').textContent = words;
+    // A file unlike brain FLAIR: its outline is drawn for teaching, but its area is no measurement.
+    root.querySelector('.reading').textContent = data.not_meaningful ? 'area not meaningful: ' + data.not_meaningful
+                                                                     : words;
     canvas.dataset.threshold = text;  // for tests and the benchmark: what is on screen now
     canvas.dataset.drawnAt = String(performance.now());
   };

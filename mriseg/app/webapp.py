@@ -7,7 +7,6 @@ device and augmentation setting and then reused by every page and every session.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from mriseg.app.access import setting
 from mriseg.app.cache import LRUCache
 from mriseg.app.case import Case, case_from_bytes, load_sample, sample_index
 from mriseg.app.explain import FeatureMaps, feature_maps
@@ -35,8 +35,8 @@ from mriseg.app.threshold_view import (
 from mriseg.errors import InputError
 from mriseg.inference import Probabilities, Segmenter
 from mriseg.postprocessing import PostprocessingConfig, binarize
-from mriseg.weights.bundle import load_segmenter, read_config
-from mriseg.weights.hub import WeightsSource, resolve_weights
+from mriseg.weights.bundle import load_segmenter, model_version, read_config
+from mriseg.weights.hub import WeightsSource, integrity_notice, resolve_weights
 
 DISCLAIMER = "For teaching and research only: not a medical device, never for diagnosis."
 PREDICTION_CACHE_ENTRIES = 24
@@ -45,15 +45,17 @@ PREDICTION_CACHE_BYTES = 1 << 30  # probabilities of ~16 full 256-slice 256x256 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """The segmenter with where its weights came from and their config."""
+    """The segmenter with where its weights came from and their config; ``notice``: why the configured Hub copy
+    is not the one serving, for every page to show (None when it is, or when none is configured)."""
 
     segmenter: Segmenter
     source: WeightsSource
     config: dict
+    notice: str | None = None
 
     @property
     def version(self) -> str:
-        return self.config["weights_sha256"][:12]
+        return model_version(self.config)
 
     @property
     def postprocessing(self) -> PostprocessingConfig:
@@ -73,28 +75,22 @@ class Prediction:
     device: str
 
 
-def _setting(name: str) -> str | None:
-    """An environment variable, else a Streamlit secret, else None."""
-    if os.environ.get(name):
-        return os.environ[name]
-    try:
-        return st.secrets.get(name)
-    except FileNotFoundError:  # no secrets.toml anywhere: nothing configured
-        return None
-
-
 @st.cache_resource(show_spinner="Loading the model…")
 def load_model(device: str) -> LoadedModel:
-    """Resolve and load the weights once per process and device; a broken Hub copy falls back to the bundle."""
-    source = resolve_weights(_setting("MRISEG_HF_REPO") or "", _setting("MRISEG_HF_REVISION"))
+    """Resolve and load the weights once per process and device. A Hub or HF-cache copy that fails its checks
+    is not used: the bundled weights serve, and the model's ``notice`` says so (the CLI refuses such a copy; a
+    class keeps working, but never without knowing)."""
+    source = resolve_weights(setting("MRISEG_HF_REPO") or "", setting("MRISEG_HF_REVISION"))
+    notice = None
     try:
         segmenter = load_segmenter(source.folder, device=device)
-    except InputError:
+    except InputError as error:
         if source.kind == "bundled":
             raise
+        notice = integrity_notice(source, error)
         source = resolve_weights(repo_id="")
         segmenter = load_segmenter(source.folder, device=device)
-    return LoadedModel(segmenter, source, read_config(source.folder))
+    return LoadedModel(segmenter, source, read_config(source.folder), notice)
 
 
 def warm_up(device: str = "auto") -> LoadedModel:
@@ -241,7 +237,7 @@ def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: flo
     data = {
         "pictures_key": f"{case.digest}:{index}:{tta}",
         "image_url": data_url(image.png),
-        "masks_url": data_url(masks.slice_pngs[index]),
+        "masks_url": data_url(masks.slice_png(index)),
         "tiles": masks.tiles,
         "steps": list(THRESHOLD_STEPS),
         "step": step_of(threshold),
@@ -249,6 +245,7 @@ def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: flo
         "opacity": float(opacity),
         "style": style,
         "slice_counts": masks.slice_counts[index].astype(int).tolist(),
+        "not_meaningful": "this file is not brain FLAIR" if case.warnings else None,
         "volume_counts": masks.volume_counts if volume.n_slices > 1 else None,
         "pixel_area_mm2": volume.pixel_area_mm2,
         "voxel_ml": volume.voxel_volume_ml,
@@ -323,9 +320,23 @@ def _leave_presenter_on_escape() -> None:
         _set_presenter(False)
 
 
-# Widgets Streamlit forgets when their page is not shown; kept alive on every page so a student who looks at
-# Metrics and comes back finds the same scan source and display settings.
-REMEMBERED_WIDGETS = ("source", "opacity", "colour", "style")
+# Widgets whose value outlives their page (the scan source, the slices, the display settings), so a student who
+# looks at Metrics and comes back finds them as left: Streamlit forgets a widget's state when its page is not shown,
+# so the value is kept under a key no widget owns (see remember()). The slices start afresh with each new case.
+SLICE_WIDGETS = ("slice", "compare_slice")
+KEPT = "kept_widget_values"
+
+
+def remember(key: str, default: object) -> None:
+    """Give the widget ``key`` (drawn right after this call) the value it last had, else ``default``; the widget
+    passes ``on_change=keep, args=(key,)`` so a change is kept."""
+    kept = st.session_state.setdefault(KEPT, {})
+    st.session_state[key] = kept.setdefault(key, default)
+
+
+def keep(key: str) -> None:
+    """Keep the value the widget ``key`` has now (its ``on_change``, or after a callback moved it)."""
+    st.session_state.setdefault(KEPT, {})[key] = st.session_state[key]
 
 _ESCAPE_KEY = st.components.v2.component("mriseg_escape_key", js="""
 export default function (component) {
@@ -347,9 +358,6 @@ def sidebar(page_title: str = "") -> None:
     Args:
         page_title: the page being shown.
     """
-    for key in REMEMBERED_WIDGETS:
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
     st.html(BASE_CSS)
     with st.sidebar:
         st.markdown("### :material/neurology: mriseg")
@@ -412,7 +420,9 @@ def set_case(case: Case | None, uploaded: bool = False) -> None:
     """Show ``case`` from now on (None: nothing); ``uploaded`` says it came from the user's own file."""
     st.session_state["case"] = case
     st.session_state["case_uploaded"] = uploaded and case is not None
-    st.session_state.pop("slice", None)
+    for key in SLICE_WIDGETS:
+        st.session_state.pop(key, None)
+        st.session_state.get(KEPT, {}).pop(key, None)
 
 
 def set_truth(case: Case) -> None:

@@ -13,7 +13,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import logging
+import math
+import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -36,7 +41,11 @@ SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS +
 
 MIN_SIDE = 32
 MAX_SIDE = 4096
-MAX_VOXELS = 512 * 512 * 256
+# The most one visitor's session of the app may cost: 30-40 students share a 24 GiB server.
+SESSION_MEMORY_BUDGET = 1 << 30
+# After decoding, the app holds about 30 bytes a voxel (pixels, probabilities, packed threshold masks), so a session
+# stays within its budget up to 2**25 voxels (512x512x128 or 256x256x512; a BraTS volume is 240x240x155, 8.9 M).
+MAX_VOXELS = 1 << 25
 # A brain volume has a few hundred slices; thousands of small ones tie the server up for minutes.
 MAX_SLICES = 1000
 # Slices tilted up to this far from the nearest scanner axis are segmented as acquired: clinical axial FLAIR is often
@@ -44,10 +53,35 @@ MAX_SLICES = 1000
 # axial, sagittal or coronal any more, and only resampling could give axial slices.
 MAX_TILT_DEGREES = 30
 PLANES = ("sagittal", "coronal", "axial")  # slices across the x (left-right), y, z (foot-head) world axis
-MAX_UNCOMPRESSED_BYTES = 1 << 30
+# What a zip or .nii.gz may unpack to, counted as it unpacks: half the session budget, as the unpacked bytes are held
+# while the volume is decoded from them (a volume at MAX_VOXELS in float64 takes 256 MiB).
+MAX_UNCOMPRESSED_BYTES = SESSION_MEMORY_BUDGET // 2
+# Unpacked a piece at a time, so a lying size in a zip or gzip header is caught after this much, not after all of it.
+UNPACK_CHUNK = 1 << 20
+# A zip holds one series of at most MAX_SLICES files, and maybe a few others beside it (DICOMDIR, a README).
+MAX_ZIP_MEMBERS = 2 * MAX_SLICES
+NIFTI_HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header is 348
+# A label mask holds background 0 and a few whole-number labels up to this (BraTS: 1 necrotic core, 2 oedema,
+# 4 or 3 enhancing tumour); larger values are grey levels, not labels.
+MAX_LABEL = 15
 # A pixel is coloured when its channels differ by more than this share of full scale (JPEG noise on a grey picture
 # stays far below).
 COLOUR_CHANNEL_SPREAD = 0.12
+
+
+@dataclass(frozen=True)
+class StoredGrid:
+    """How a NIfTI file stored its voxels, so a mask can go back in the same order.
+
+    Attributes:
+        affine: the file's own voxel-to-world affine.
+        shape: the file's array shape (a 2D file stays 2D, a 4D file with one volume keeps its trailing 1).
+        orientation: nibabel orientation of the file's axes (:func:`nibabel.orientations.io_orientation`).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    orientation: np.ndarray
 
 
 @dataclass
@@ -61,12 +95,15 @@ class Volume:
             the share of coloured pixels, for DICOM the modality its header names.
         affine: for NIfTI and DICOM input, the RAS+ voxel-to-world affine of the canonical array, so a mask written
             back lands where the image is in scanner space.
+        stored_grid: for NIfTI input, the file's own voxel order and affine: :func:`mask_to_nifti` writes masks in
+            it, so a mask's array lines up voxel for voxel with the input's.
     """
 
     pixels: np.ndarray
     spacing: tuple[float, float, float] | None = None
     source: dict = field(default_factory=dict)
     affine: np.ndarray | None = None
+    stored_grid: StoredGrid | None = None
 
     @property
     def n_slices(self) -> int:
@@ -106,6 +143,8 @@ def file_kind(filename: str) -> str:
 def _check_shape(filename: str, shape: tuple[int, ...]) -> None:
     """Refuse a (slices, H, W) shape mriseg cannot segment in reasonable time or at all."""
     height, width = shape[-2], shape[-1]
+    if shape[0] < 1:
+        raise InputError(f"{filename}: the header declares {shape[0]} slices; the file holds no image")
     if shape[0] > MAX_SLICES:
         raise InputError(f"{filename}: {shape[0]:,} slices; mriseg segments at most {MAX_SLICES:,} slices in one file")
     if min(height, width) < MIN_SIDE:
@@ -113,7 +152,8 @@ def _check_shape(filename: str, shape: tuple[int, ...]) -> None:
     if max(height, width) > MAX_SIDE or int(np.prod(shape)) > MAX_VOXELS:
         raise InputError(
             f"{filename}: image of {'x'.join(map(str, shape))} voxels is too large (limit {MAX_SIDE} px a side and "
-            f"{MAX_VOXELS:,} voxels); crop or downsample it first"
+            f"{MAX_VOXELS:,} voxels, what one session's {SESSION_MEMORY_BUDGET >> 30} GiB holds); crop or downsample "
+            "it first"
         )
 
 
@@ -130,13 +170,11 @@ def _to_gray(array: np.ndarray, take_channel: int | None) -> np.ndarray:
 def _read_raster(data: bytes, filename: str) -> Volume:
     try:
         with Image.open(io.BytesIO(data)) as image:
-            # The header gives the size before anything is decoded: the decompression-bomb guard.
-            n_frames = _page_count(image)
-            if n_frames > MAX_SLICES:
-                raise InputError(f"{filename}: more than {MAX_SLICES:,} pages; mriseg segments at most "
-                                 f"{MAX_SLICES:,} slices in one file")
-            _check_shape(filename, (n_frames, image.height, image.width))
+            # The headers give every page's size before anything is decoded: the decompression-bomb guard.
+            n_frames, height, width = _check_pages(image, filename)
             image_format = image.format
+    except InputError:
+        raise
     except UnidentifiedImageError as error:
         raise InputError(f"{filename}: not a readable image (the content is not {Path(filename).suffix})") from error
     except Image.DecompressionBombError as error:
@@ -145,6 +183,9 @@ def _read_raster(data: bytes, filename: str) -> Volume:
         ) from error
     except OSError as error:
         raise InputError(f"{filename}: the image is corrupt or truncated ({error})") from error
+    except ValueError as error:  # Pillow's own guard: a text or colour-profile chunk that inflates too far
+        raise InputError(f"{filename}: the image carries metadata (text or a colour profile) too large to read "
+                         "safely; save the picture again without it") from error
 
     is_tiff = image_format == "TIFF"
     # Kaggle LGG TIFFs stack (pre-contrast, FLAIR, post-contrast); OpenCV's BGR order keeps index 1 in place.
@@ -158,12 +199,15 @@ def _read_raster(data: bytes, filename: str) -> Volume:
         frames = [] if decoded is None else [decoded]
     if not frames:
         frames = _decode_with_pillow(data, filename)
-    slices = [_to_gray(frame, take_channel) for frame in frames]
-    if len({s.shape for s in slices}) > 1:
-        raise InputError(f"{filename}: the pages of this TIFF differ in size; a stack needs equal pages")
+    pixels = np.empty((len(frames), height, width), np.float32)
+    for index, frame in enumerate(frames):
+        if frame.shape[:2] != (height, width):
+            raise InputError(f"{filename}: page {index + 1} decodes to {frame.shape[0]}x{frame.shape[1]} pixels, "
+                             f"not the {height}x{width} its header gives; the file is damaged")
+        pixels[index] = _to_gray(frame, take_channel)
     dtype = frames[0].dtype
     return Volume(
-        np.stack(slices),
+        pixels,
         None,
         {
             "format": image_format or "image",
@@ -191,15 +235,28 @@ def colour_share(pixels: np.ndarray) -> float:
     return float(np.mean(spread > COLOUR_CHANNEL_SPREAD * full_scale))
 
 
-def _page_count(image: Image.Image) -> int:
-    """Pages of a multi-page image, counted up to ``MAX_SLICES + 1`` only: walking every page of a huge TIFF is slow."""
+def _check_pages(image: Image.Image, filename: str) -> tuple[int, int, int]:
+    """(pages, height, width) of an image, each page's size and the pages so far checked as its header is reached.
+
+    Pillow reads a page's header on seeking to it and decodes nothing until pixels are asked for, so a huge page
+    after small ones, or too many pages, is refused before anything is decoded. The walk stops at ``MAX_SLICES + 1``
+    pages: walking every page of a huge TIFF is slow.
+    """
+    height, width = image.height, image.width
     pages = 1
-    # Page by page: Pillow's count after a seek past the end is the frame asked for, not the pages there are.
-    with contextlib.suppress(EOFError):
-        while pages <= MAX_SLICES:
-            image.seek(pages)
-            pages += 1
-    return pages
+    while True:
+        _check_shape(filename, (pages, image.height, image.width))  # this page, and the voxels of all so far
+        if (image.height, image.width) != (height, width):
+            raise InputError(f"{filename}: the pages of this TIFF differ in size ({height}x{width}, then "
+                             f"{image.height}x{image.width} on page {pages}); a stack needs equal pages")
+        try:
+            image.seek(pages)  # page by page: Pillow's count after a seek past the end is the page asked for
+        except EOFError:
+            return pages, height, width
+        pages += 1
+        if pages > MAX_SLICES:
+            raise InputError(f"{filename}: more than {MAX_SLICES:,} pages; mriseg segments at most {MAX_SLICES:,} "
+                             "slices in one file")
 
 
 def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
@@ -213,10 +270,18 @@ def _decode_with_pillow(data: bytes, filename: str) -> list[np.ndarray]:
 
 
 def _read_dicom(data: bytes, filename: str) -> Volume:
+    return _dicom_volume([_dicom_image(data, filename)], filename, "DICOM")
+
+
+def _dicom_image(content: bytes, name: str) -> tuple[bytes, Dataset]:
+    """One DICOM image file (content, parsed header), its declared shape and then the length of its pixel data
+    checked before anything is decoded or written to disk."""
     from mriseg.data import dicom
 
-    dataset = dicom.parse(data, filename)
-    return _dicom_volume([(data, dataset)], filename, "DICOM")
+    dataset = dicom.parse(content, name)
+    _check_shape(name, dicom.series_shape([dataset], name))
+    dicom.check_pixel_data(dataset, len(content), name)
+    return content, dataset
 
 
 def _safe_member(name: str) -> bool:
@@ -237,19 +302,19 @@ def read_dicom_files(files: list[tuple[str, bytes]], filename: str) -> Volume:
     Raises:
         InputError: as :func:`read_volume` does, naming the file at fault where one is.
     """
-    from mriseg.data import dicom
-
     if not files:
         raise InputError(f"{filename}: no DICOM files")
     if sum(len(content) for _, content in files) > MAX_UNCOMPRESSED_BYTES:
-        raise InputError(f"{filename}: the series holds more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
-    images = []
-    for name, content in files:
-        if not content:
-            raise InputError(f"{name}: the file is empty")
-        images.append((content, dicom.parse(content, name)))
-    kind = "DICOM" if len(images) == 1 else "DICOM series (files)"
-    return _not_constant(_checked(_dicom_volume(images, filename, kind), filename), filename)
+        raise InputError(f"{filename}: the series holds more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB, the most "
+                         "mriseg reads at once; give one series")
+    with _reading(filename):
+        images = []
+        for name, content in files:
+            if not content:
+                raise InputError(f"{name}: the file is empty")
+            images.append(_dicom_image(content, name))
+        kind = "DICOM" if len(images) == 1 else "DICOM series (files)"
+        return _not_constant(_checked(_dicom_volume(images, filename, kind), filename), filename)
 
 
 def _read_dicom_zip(data: bytes, filename: str) -> Volume:
@@ -264,23 +329,48 @@ def _read_dicom_zip(data: bytes, filename: str) -> Volume:
         unsafe = [info.filename for info in members if not _safe_member(info.filename)]
         if unsafe:
             raise InputError(f"{filename}: the zip has paths outside the archive ({unsafe[0]}); refusing it")
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise InputError(f"{filename}: the zip holds {len(members):,} files; mriseg reads one series of at most "
+                             f"{MAX_SLICES:,} slices. Zip one series")
         if sum(info.file_size for info in members) > MAX_UNCOMPRESSED_BYTES:
-            raise InputError(f"{filename}: the zip unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
-        images = []
+            raise InputError(f"{filename}: the zip unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB, the most "
+                             "mriseg reads; zip one series")
+        images, left = [], MAX_UNCOMPRESSED_BYTES
         for info in members:
-            content = archive.read(info)
+            content = _unzip_member(archive, info, left, filename)
+            left -= len(content)
             try:
                 dataset = dicom.parse(content, info.filename)
             except InputError:
                 continue  # READMEs, thumbnails and DICOMDIR-like files sit beside series in real exports
             if "PixelData" in dataset:
-                images.append((content, dataset))
+                images.append(_dicom_image(content, f"{filename}: {info.filename}"))
     if not images:
         raise InputError(f"{filename}: the zip contains no DICOM image files")
     return _dicom_volume(images, filename, "DICOM series (zip)")
 
 
+def _unzip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, left: int, filename: str) -> bytes:
+    """A zip member's bytes, refused once more than ``left`` come out: counted as they are unpacked, since the
+    sizes a zip declares may lie."""
+    unpacked = io.BytesIO()
+    try:
+        with archive.open(info) as member:
+            while chunk := member.read(UNPACK_CHUNK):
+                unpacked.write(chunk)
+                if unpacked.tell() > left:
+                    raise InputError(f"{filename}: the zip unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB "
+                                     f"(reached in {info.filename}), the most mriseg reads; zip one series")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as error:
+        # A bad CRC, a cut or garbled stream, an unknown compression method, a password
+        raise InputError(f"{filename}: {info.filename} in the zip is damaged or cannot be unpacked "
+                         f"({error})") from error
+
+    return unpacked.getvalue()
+
+
 def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str) -> Volume:
+
     """The DICOM files of one scan (content, parsed header) as axial slices with their scanner-space affine."""
     from mriseg.data import dicom
 
@@ -306,10 +396,12 @@ def _slices_to_ras(slices: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(slices[:, ::-1, ::-1], (2, 1, 0)))
 
 
-def _axial_volume(image: Nifti1Image, filename: str, source: dict) -> Volume:
+def _axial_volume(image: Nifti1Image, filename: str, source: dict,
+                  stored_shape: tuple[int, ...] | None = None) -> Volume:
     """A nibabel image in scanner space as axial slices, turned to the nearest RAS+ axes without resampling.
 
-    NIfTI and DICOM both come through here, so one scan stored either way gives the same slices.
+    NIfTI and DICOM both come through here, so one scan stored either way gives the same slices. ``stored_shape``,
+    the shape of the file's own array, asks to record its voxel order (:class:`StoredGrid`) for masks written back.
     """
     import nibabel as nib
 
@@ -335,32 +427,42 @@ def _axial_volume(image: Nifti1Image, filename: str, source: dict) -> Volume:
         )
     _check_shape(filename, slices_shape)
     try:
-        canonical = nib.as_closest_canonical(image)
-        array = np.asarray(canonical.dataobj, dtype=np.float32)
+        # Read as float32 a slice at a time, then turned (flips and transposes are views, not copies): a float64 or
+        # scaled file never exists whole in its own type beside the float32 volume.
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(_float32_slices(image.dataobj), image.affine))
+        array = np.asarray(canonical.dataobj)
     except Exception as error:
         raise InputError(f"{filename}: the image data are truncated or unreadable ({error})") from error
     # From the float64 affine: the header's float32 zooms would turn a DICOM's 0.7 mm into 0.699999988 mm.
     voxel = nib.affines.voxel_sizes(canonical.affine)
     spacing = (float(voxel[1]), float(voxel[0]), float(voxel[2]))
-    return Volume(_ras_to_slices(array), spacing, {**source, "plane": plane}, canonical.affine)
+    grid = None if stored_shape is None else StoredGrid(image.affine, tuple(stored_shape), orientation)
+    return Volume(_ras_to_slices(array), spacing, {**source, "plane": plane}, canonical.affine, grid)
+
+
+def _float32_slices(dataobj) -> np.ndarray:
+    """A 3D image's voxels as float32; from a file (an array proxy), read and converted one slice at a time."""
+    if isinstance(dataobj, np.ndarray):
+        return dataobj.astype(np.float32, copy=False)
+    array = np.empty(dataobj.shape, np.float32)
+    for index in range(dataobj.shape[-1]):  # the last axis: each slice one contiguous block of the file
+        array[..., index] = dataobj[..., index]
+    return array
 
 
 def _read_nifti(data: bytes, filename: str) -> Volume:
     import nibabel as nib
 
     if filename.lower().endswith(".gz"):
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
-                data = unzipped.read(MAX_UNCOMPRESSED_BYTES + 1)
-        except (OSError, EOFError) as error:
-            raise InputError(f"{filename}: the gzip data is corrupt or truncated") from error
-        if len(data) > MAX_UNCOMPRESSED_BYTES:
-            raise InputError(f"{filename}: unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB")
+        stream = _inflate_nifti(data, filename)
+    else:
+        _check_nifti_header(data[:NIFTI_HEADER_BYTES], filename)
+        stream = io.BytesIO(data)
     try:
-        image = nib.Nifti1Image.from_bytes(data)
+        image = nib.Nifti1Image.from_stream(stream)
     except Exception:
         try:
-            image = nib.Nifti2Image.from_bytes(data)
+            image = nib.Nifti2Image.from_stream(stream)
         except Exception as error:
             raise InputError(f"{filename}: not a NIfTI file, or a corrupt or truncated one") from error
     dtype = image.get_data_dtype()
@@ -377,10 +479,45 @@ def _read_nifti(data: bytes, filename: str) -> Volume:
         )
     if len(shape) < 2:
         raise InputError(f"{filename}: NIfTI has {len(shape)} dimension(s); an image needs at least 2")
-    image = nib.funcs.squeeze_image(image) if len(shape) > 3 else image
-    if len(image.shape) == 2:
-        image = nib.Nifti1Image(np.asarray(image.dataobj)[..., None], image.affine, image.header)
-    return _axial_volume(image, filename, {"format": "NIfTI", "dtype": str(dtype)})
+    spatial = (*shape[:3], *[1] * (3 - len(shape)))
+    if shape != spatial:  # a 2D image gains a slice axis, a 4D one loses its trailing 1s; the data stay unread
+        image = type(image)(image.dataobj.reshape(spatial), image.affine, image.header)
+    return _axial_volume(image, filename, {"format": "NIfTI", "dtype": str(dtype)}, stored_shape=shape)
+
+
+def _inflate_nifti(data: bytes, filename: str) -> io.BytesIO:
+    """A .nii.gz unpacked a piece at a time: the header's shape is checked from the first piece, and unpacking
+    stops at ``MAX_UNCOMPRESSED_BYTES``, so neither a huge volume nor a gzip bomb is unpacked whole."""
+    unpacked = io.BytesIO()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+            while chunk := unzipped.read(UNPACK_CHUNK):
+                if not unpacked.tell():
+                    _check_nifti_header(chunk[:NIFTI_HEADER_BYTES], filename)
+                unpacked.write(chunk)
+                if unpacked.tell() > MAX_UNCOMPRESSED_BYTES:
+                    raise InputError(f"{filename}: unpacks to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB, the "
+                                     "most mriseg reads; crop or downsample the scan first")
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{filename}: the gzip data is corrupt or truncated") from error
+    unpacked.seek(0)
+    return unpacked
+
+
+def _check_nifti_header(head: bytes, filename: str) -> None:
+    """Refuse a NIfTI file whose header declares more voxels than mriseg reads, before any data are read."""
+    import nibabel as nib
+
+    for header_type in (nib.Nifti1Header, nib.Nifti2Header):
+        with contextlib.suppress(Exception):  # nibabel raises many types for a header not of its kind
+            shape = header_type.from_fileobj(io.BytesIO(head)).get_data_shape()
+            break
+    else:
+        return  # no NIfTI header: reading the file names the problem
+    if math.prod(shape) > MAX_VOXELS:
+        raise InputError(f"{filename}: the NIfTI header declares {'x'.join(map(str, shape))} voxels, more than the "
+                         f"{MAX_VOXELS:,} one session's {SESSION_MEMORY_BUDGET >> 30} GiB holds; crop or downsample "
+                         "the scan first")
 
 
 READERS = {"raster": _read_raster, "dicom": _read_dicom, "zip": _read_dicom_zip, "nifti": _read_nifti}
@@ -391,6 +528,9 @@ def _decode(data: bytes, filename: str) -> Volume:
 
     if not data:
         raise InputError(f"{filename}: the file is empty")
+    if len(data) > MAX_UNCOMPRESSED_BYTES:
+        raise InputError(f"{filename}: {len(data) >> 20} MiB, larger than any scan mriseg reads (at most "
+                         f"{MAX_UNCOMPRESSED_BYTES >> 20} MiB); crop or downsample it first")
     try:
         kind = file_kind(filename)
     except InputError:
@@ -398,7 +538,45 @@ def _decode(data: bytes, filename: str) -> Volume:
         if not looks_like_dicom(data):
             raise
         kind = "dicom"
-    return _checked(READERS[kind](data, filename), filename)
+    with _reading(filename):
+        return _checked(READERS[kind](data, filename), filename)
+
+
+@contextlib.contextmanager
+def _reading(filename: str) -> Iterator[None]:
+    """Around the reading of one file: the decoders kept quiet, and any failure one :class:`InputError` naming it.
+
+    The readers turn the failures they foresee into specific messages; this catches what a decoder raises on damage
+    nobody foresaw, so a user still gets one line rather than a traceback.
+    """
+    with quiet_decoders():
+        try:
+            yield
+        except InputError:
+            raise
+        except MemoryError as error:
+            raise InputError(f"{filename}: the server ran out of memory reading it; try again later, or with a "
+                             "smaller scan") from error
+        except Exception as error:
+            raise InputError(f"{filename}: could not be read ({type(error).__name__}: {str(error)[:200]})") from error
+
+
+@contextlib.contextmanager
+def quiet_decoders() -> Iterator[None]:
+    """Keep the decoders' warnings about a damaged or unusual file off stderr while it is read: what matters reaches
+    the user as an :class:`InputError`. pydicom and nibabel also log what they find (nibabel the header fields it
+    would fix), so their loggers are silenced meanwhile."""
+    logs = [logging.getLogger(name) for name in ("pydicom", "nibabel")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def _checked(volume: Volume, filename: str) -> Volume:
@@ -443,31 +621,87 @@ def _not_constant(volume: Volume, filename: str) -> Volume:
 def read_mask(data: bytes, filename: str, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read a ground-truth mask file: a boolean (slices, H, W) array.
 
-    The file is read like an image and must be binary: two levels (0/1, 0/255, ...) up to compression noise.
+    The file is read like an image: binary (two levels such as 0/1 or 0/255, up to compression noise), or a label
+    mask (see :func:`read_label_mask`), of which every label > 0 counts (for BraTS labels: the whole tumour).
 
     Raises:
-        InputError: when it is not binary or its shape differs from ``expected_shape``.
+        InputError: when it is neither, or its shape differs from ``expected_shape``.
     """
-    volume = _decode(data, filename)
-    pixels = volume.pixels
-    low, high = float(pixels.min()), float(pixels.max())
-    if high == low:
-        mask = np.zeros(pixels.shape, dtype=bool) if high <= 0 else np.ones(pixels.shape, dtype=bool)
+    return labels_to_mask(*read_label_mask(data, filename, expected_shape))
+
+
+def read_label_mask(data: bytes, filename: str,
+                    expected_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Read a ground-truth mask file as labels: a (slices, H, W) uint8 array and the labels > 0 it holds.
+
+    A label mask (background 0 and at least two labels, whole numbers up to ``MAX_LABEL``, such as BraTS's 1, 2, 4)
+    keeps its labels; a binary mask comes back as labels 0 and 1.
+
+    Raises:
+        InputError: when the file is neither, or its shape differs from ``expected_shape``.
+
+    Example:
+        >>> brats = np.zeros((64, 64), np.uint8); brats[10:30, 10:30] = 2; brats[15:25, 15:25] = 4
+        >>> brats[18:22, 18:22] = 1
+        >>> labels, values = read_label_mask(cv2.imencode(".png", brats)[1].tobytes(), "brats.png")
+        >>> values
+        (1, 2, 4)
+        >>> int(labels_to_mask(labels, values).sum()), int(labels_to_mask(labels, (1, 4)).sum())
+        (400, 100)
+    """
+    pixels = _decode(data, filename).pixels
+    values = _label_values(pixels)
+    if values is not None:
+        labels = pixels.astype(np.uint8)
     else:
-        span = high - low
-        in_between = (pixels > low + 0.1 * span) & (pixels < high - 0.1 * span)
-        if in_between.mean() > 0.01:
-            raise InputError(
-                f"{filename}: not a binary mask ({in_between.mean():.0%} of pixels lie between the two levels); "
-                "a mask holds only background and tumour values such as 0 and 255"
-            )
-        mask = pixels > (low + high) / 2
-    if expected_shape is not None and tuple(mask.shape) != tuple(expected_shape):
+        labels = _binary_levels(pixels, filename).astype(np.uint8)
+        values = (1,) if labels.any() else ()
+    if expected_shape is not None and tuple(labels.shape) != tuple(expected_shape):
         raise InputError(
-            f"{filename}: mask is {'x'.join(map(str, mask.shape))} (slices x H x W) but the image is "
+            f"{filename}: mask is {'x'.join(map(str, labels.shape))} (slices x H x W) but the image is "
             f"{'x'.join(map(str, expected_shape))}; the mask must match the image it belongs to"
         )
-    return mask
+    return labels, values
+
+
+def labels_to_mask(labels: np.ndarray, chosen: tuple[int, ...] | list[int]) -> np.ndarray:
+    """The boolean mask of the ``chosen`` labels.
+
+    Example:
+        >>> labels_to_mask(np.array([0, 1, 2, 4]), (1, 4)).tolist()
+        [False, True, False, True]
+    """
+    return np.isin(labels, list(chosen))
+
+
+def _label_values(pixels: np.ndarray) -> tuple[int, ...] | None:
+    """The labels > 0 of a label mask: background 0 plus two or more whole numbers up to ``MAX_LABEL``; else None.
+
+    Small whole numbers only: compression noise on a 0/255 mask, or a grey picture, gives other values.
+    """
+    if float(pixels.min()) != 0 or float(pixels.max()) > MAX_LABEL:
+        return None
+    labels = pixels.astype(np.uint8)
+    if not np.array_equal(labels, pixels):
+        return None
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=MAX_LABEL + 1))
+    return tuple(int(value) for value in present[1:]) if len(present) > 2 else None
+
+
+def _binary_levels(pixels: np.ndarray, filename: str) -> np.ndarray:
+    """A two-level picture (0/1, 0/255, ... up to compression noise) as a boolean mask of its upper level."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if high == low:
+        return np.zeros(pixels.shape, dtype=bool) if high <= 0 else np.ones(pixels.shape, dtype=bool)
+    span = high - low
+    in_between = (pixels > low + 0.1 * span) & (pixels < high - 0.1 * span)
+    if in_between.mean() > 0.01:
+        raise InputError(
+            f"{filename}: not a binary mask ({in_between.mean():.0%} of pixels lie between the two levels); "
+            "a mask holds only background and tumour values such as 0 and 255, or a few labels such as BraTS's "
+            "0, 1, 2, 4"
+        )
+    return pixels > (low + high) / 2
 
 
 def read_image_file(path: str | Path) -> np.ndarray:
@@ -491,13 +725,27 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 
 
 def mask_to_nifti(mask: np.ndarray, volume: Volume) -> bytes:
-    """A (slices, H, W) mask as gzipped NIfTI (uint8 0/1) aligned with the volume it was predicted on."""
-    import nibabel as nib
+    """A (slices, H, W) mask as gzipped NIfTI (uint8 0/1) aligned with the volume it was predicted on.
 
-    if volume.affine is not None:
-        affine = volume.affine
+    A NIfTI input gets its mask in its own voxel order, shape and affine (:attr:`Volume.stored_grid`), so the two
+    arrays line up voxel for voxel, as challenge scripts compare them. Any other input gets the RAS+ voxel order of
+    the axial slices: a DICOM series with its scanner-space affine (its stored order is a stack of files, not one
+    array a mask could copy), a raster stack with its spacing when known. The header's ``descrip`` says which.
+    """
+    import nibabel as nib
+    from nibabel import orientations
+
+    ras = _slices_to_ras(np.asarray(mask, dtype=np.uint8))
+    grid = volume.stored_grid
+    if grid is not None:
+        to_file = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), grid.orientation)
+        data, affine = orientations.apply_orientation(ras, to_file).reshape(grid.shape), grid.affine
+        description = "mriseg mask, voxel order and affine of the input"
     else:
         row, column, thickness = volume.spacing or (1.0, 1.0, 1.0)
-        affine = np.diag([column, row, thickness, 1.0])
-    image = nib.Nifti1Image(_slices_to_ras(np.asarray(mask, dtype=np.uint8)), affine)
+        data = ras
+        affine = volume.affine if volume.affine is not None else np.diag([column, row, thickness, 1.0])
+        description = "mriseg mask, RAS+ voxel order (axial slices)"
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    image.header["descrip"] = description
     return gzip.compress(image.to_bytes(), compresslevel=6)

@@ -263,7 +263,9 @@ def compare_reports(baseline: dict, candidate: dict, margin: float = 0.005) -> d
 
     Returns:
         The patients compared, both means, the mean difference (candidate - baseline) with its 95% bootstrap
-        interval, the margin, and the patients better and worse by more than it (name -> difference).
+        interval, the margin, and the patients better and worse by more than it (name -> difference); and, where
+        both reports hold them, ``secondary``: the empty-slice false-positive rate and the mean 95th-percentile
+        Hausdorff distance of each, with the paired HD95 difference over the patients both define it for.
     """
     shared = sorted(set(baseline["patients"]) & set(candidate["patients"]))
     if not shared:
@@ -279,7 +281,32 @@ def compare_reports(baseline: dict, candidate: dict, margin: float = 0.005) -> d
         "margin": margin,
         "better": {name: diff for name, diff in differences.items() if diff > margin},
         "worse": {name: diff for name, diff in differences.items() if diff < -margin},
+        "secondary": secondary_metrics(baseline, candidate, shared),
     }
+
+
+def secondary_metrics(baseline: dict, candidate: dict, shared: list[str]) -> dict:
+    """The false alarms and the outline distance beside Dice: empty-slice false-positive rate and mean HD95 of
+    both reports (None where a report lacks them), and the paired HD95 difference where both have per-patient rows.
+
+    Example:
+        >>> rows = lambda *values: {f"p{i}": {"hd95": v} for i, v in enumerate(values)}
+        >>> found = secondary_metrics({"empty_slice_fp_rate": 0.03, "patient_metrics": rows(10.0, 4.0)},
+        ...                           {"empty_slice_fp_rate": 0.02, "patient_metrics": rows(4.0, 4.0)}, ["p0", "p1"])
+        >>> found["empty_slice_fp_rate"], found["hd95_difference"], found["hd95_patients"]
+        ({'baseline': 0.03, 'candidate': 0.02}, -3.0, 2)
+    """
+    found: dict = {key: {"baseline": baseline.get(key), "candidate": candidate.get(key)}
+                   for key in ("empty_slice_fp_rate", "hd95_px")}
+    rows = baseline.get("patient_metrics") or {}, candidate.get("patient_metrics") or {}
+    paired = [(rows[0][name]["hd95"], rows[1][name]["hd95"]) for name in shared
+              if name in rows[0] and name in rows[1]
+              and rows[0][name].get("hd95") is not None and rows[1][name].get("hd95") is not None]
+    if paired:
+        differences = np.array([after - before for before, after in paired])
+        found.update(hd95_difference=float(differences.mean()),
+                     hd95_difference_ci95=list(bootstrap_interval(differences)), hd95_patients=len(paired))
+    return found
 
 
 def format_comparison(comparison: dict) -> str:
@@ -300,6 +327,19 @@ def format_comparison(comparison: dict) -> str:
              f"worse: {len(comparison['worse'])}"]
     lines += [f"  {name:30s} {diff:+.4f}" for name, diff in
               sorted({**comparison["better"], **comparison["worse"]}.items(), key=lambda item: item[1])]
+    secondary = comparison.get("secondary", {})
+    rate = secondary.get("empty_slice_fp_rate", {})
+    if rate.get("baseline") is not None and rate.get("candidate") is not None:
+        lines.append(f"false positives on empty slices: baseline {rate['baseline']:.2%}, "
+                     f"candidate {rate['candidate']:.2%}")
+    distance = secondary.get("hd95_px", {})
+    if distance.get("baseline") is not None and distance.get("candidate") is not None:
+        line = f"HD95 (pixels, mean): baseline {distance['baseline']:.2f}, candidate {distance['candidate']:.2f}"
+        if "hd95_difference" in secondary:
+            low, high = secondary["hd95_difference_ci95"]
+            line += (f"; paired difference {secondary['hd95_difference']:+.2f}, 95% interval {low:+.2f} to "
+                     f"{high:+.2f} ({secondary['hd95_patients']} patients)")
+        lines.append(line)
     return "\n".join(lines + [verdict])
 
 

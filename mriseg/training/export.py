@@ -35,6 +35,7 @@ from mriseg.weights.bundle import (
     kept_epoch,
     load_model,
     member_configs,
+    model_version,
     normalization_of,
     read_config,
     recipe_of,
@@ -196,7 +197,7 @@ def model_card(config: dict, report: dict) -> str:
         empty_slice_false_positives=optional(report["empty_slice_fp_rate"], ".1%"),
         iou=f"{report['iou']:.3f}", precision=f"{report['precision']:.3f}", recall=f"{report['recall']:.3f}",
         hd95=optional(report["hd95_px"], ".1f"), sites=site_text(report), robustness=robustness_section(report),
-        calibration=calibration_note(report), reproduce=reproduce)
+        calibration=calibration_note(report), reproduce=reproduce, version=model_version(config))
 
 
 def training_history(config: dict) -> tuple[str, str]:

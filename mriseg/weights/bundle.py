@@ -1,8 +1,9 @@
 """A weights folder in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (+ card, logs, report).
 
-``config.json`` carries the architecture, the preprocessing and post-processing parameters and the sha256 of
-``model.safetensors``, so the weights never travel without the way their input must be prepared. Loading
-never unpickles anything: tensors come from safetensors, everything else from JSON.
+``config.json`` carries the architecture, the preprocessing and post-processing parameters, the sha256 of
+``model.safetensors`` and a fingerprint of all of these, so the weights never travel without the way their input
+must be prepared, and neither can change unnoticed. Loading never unpickles anything: tensors come from
+safetensors, everything else from JSON.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from mriseg.preprocessing import PreprocessingConfig
 CONFIG_NAME = "config.json"
 LOG_MEMBER_COLUMN = "member"  # the column of an ensemble's training log naming the U-Net of each row
 WEIGHTS_NAME = "model.safetensors"
+# What decides a model's output for a given scan: the fingerprint covers these and the weights' sha256.
+FINGERPRINTED_KEYS = ("model_type", "architecture", "preprocessing", "postprocessing", "weights_sha256")
 # The keys save_bundle derives from the model and its settings; everything else in a config is the caller's.
-BUNDLE_KEYS = frozenset({"model_type", "architecture", "preprocessing", "postprocessing", "weights_sha256"})
+BUNDLE_KEYS = frozenset({*FINGERPRINTED_KEYS, "fingerprint_sha256"})
+VERSION_DIGITS = 12
 
 
 def sha256_of(path: str | Path) -> str:
@@ -35,9 +39,28 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_of(config: dict) -> str:
+    """The sha256 of the config's :data:`FINGERPRINTED_KEYS` as canonical JSON (sorted keys, no whitespace).
+
+    Example:
+        >>> fingerprint_of({"weights_sha256": "00"}) == fingerprint_of({"weights_sha256": "00", "split": {}})
+        True
+    """
+    covered = {key: config.get(key) for key in FINGERPRINTED_KEYS}
+    canonical = json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_version(config: dict) -> str:
+    """The version shown for a model: the start of its fingerprint, so it changes with the weights and with
+    any setting that changes the output."""
+    return config["fingerprint_sha256"][:VERSION_DIGITS]
+
+
 def save_bundle(folder: str | Path, model: Segmentation, preprocessing: PreprocessingConfig,
                 postprocessing: PostprocessingConfig, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) into ``folder``."""
+    """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256 and the fingerprint) into
+    ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -50,6 +73,7 @@ def save_bundle(folder: str | Path, model: Segmentation, preprocessing: Preproce
         postprocessing=postprocessing.to_dict(),
         weights_sha256=sha256_of(folder / WEIGHTS_NAME),
     )
+    config["fingerprint_sha256"] = fingerprint_of(config)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 
@@ -80,18 +104,32 @@ def kept_epoch(config: dict) -> int:
     return int(averaged[-1] if averaged else config.get("best_epoch") or 0)
 
 
-def load_model(folder: str | Path, verify: bool = True) -> tuple[Segmentation, dict]:
-    """The U-Net (or ensemble) and its config from a weights folder; the sha256 is checked before the file is read."""
+def check_config(folder: str | Path, config: dict) -> None:
+    """Refuse a config without its sha256 and fingerprint, or one whose fingerprinted settings were edited."""
+    path = Path(folder) / CONFIG_NAME
+    restore = ("Restore config.json from the original weights folder, or re-export the weights with "
+               "`python -m mriseg export`")
+    missing = [key for key in ("weights_sha256", "fingerprint_sha256") if not config.get(key)]
+    if missing:
+        raise InputError(f"{path} records no {' or '.join(missing)}, so these weights cannot be checked. {restore}")
+    if fingerprint_of(config) != config["fingerprint_sha256"]:
+        raise InputError(f"{path} was edited after export: its preprocessing/post-processing no longer match the "
+                         f"fingerprint. {restore}")
+
+
+def load_model(folder: str | Path) -> tuple[Segmentation, dict]:
+    """The U-Net (or ensemble) and its config from a weights folder; the config's fingerprint and the weights'
+    sha256 are checked before the weights are read."""
     folder = Path(folder)
     config = read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.exists():
         raise InputError(f"{weights} is missing")
-    expected = config.get("weights_sha256")
-    if verify and expected and sha256_of(weights) != expected:
+    check_config(folder, config)
+    if sha256_of(weights) != config["weights_sha256"]:
         raise InputError(
             f"{weights} does not match the sha256 recorded in config.json: the file is corrupt or was replaced. "
-            "Download the weights again"
+            "Download the weights again, or reinstall mriseg if these are the weights it ships with"
         )
     model = create_model(config["architecture"])
     try:
@@ -101,10 +139,10 @@ def load_model(folder: str | Path, verify: bool = True) -> tuple[Segmentation, d
     return model, config
 
 
-def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto", verify: bool = True,
+def load_segmenter(folder: str | Path, device: str | torch.device | None = "auto",
                    precision: str = "auto") -> Segmenter:
     """A ready :class:`Segmenter` from a weights folder (``precision``: see :class:`Segmenter`)."""
-    model, config = load_model(folder, verify=verify)
+    model, config = load_model(folder)
     return Segmenter(
         model,
         PreprocessingConfig.from_dict(config["preprocessing"]),

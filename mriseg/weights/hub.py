@@ -8,7 +8,8 @@ variable or Streamlit secrets. Order of resolution:
 2. configured: whatever the HF cache already holds for that repo and revision (works with ``HF_HUB_OFFLINE=1``);
 3. the ``weights/`` folder shipped with mriseg.
 
-The source that served is logged and returned; the sha256 in ``config.json`` is checked when the model loads.
+The source that served is logged and returned; the fingerprint and sha256 in ``config.json`` are checked when the
+model loads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mriseg.config import BUNDLED_WEIGHTS
+from mriseg import config
 from mriseg.weights.bundle import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("mriseg")
@@ -92,7 +93,7 @@ def resolve_weights(
     cache_dir: str | Path | None = None,
     endpoint: str | None = None,
     offline: bool | None = None,
-    bundled: str | Path = BUNDLED_WEIGHTS,
+    bundled: str | Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> WeightsSource:
     """Find the weights folder to load.
@@ -103,7 +104,7 @@ def resolve_weights(
         cache_dir: HF cache folder; defaults to the usual one (``$HF_HUB_CACHE``).
         endpoint: Hub address; defaults to ``$HF_ENDPOINT`` or huggingface.co.
         offline: skip the network; defaults to ``$HF_HUB_OFFLINE``.
-        bundled: the fallback folder.
+        bundled: the fallback folder; defaults to :data:`mriseg.config.BUNDLED_WEIGHTS` (read at each call).
         timeout: seconds to wait for the Hub before falling back.
 
     Returns:
@@ -137,7 +138,15 @@ def resolve_weights(
             return WeightsSource(folder, "hf-cache", where)
         except Exception as error:
             log.warning("%s is not in the HF cache (%s); using the bundled weights", where, error)
-    bundled = Path(bundled)
+    bundled = Path(bundled or config.BUNDLED_WEIGHTS)
     log.info("weights served from the bundled folder %s", bundled)
     return WeightsSource(bundled, "bundled", str(bundled))
 
+
+
+def integrity_notice(source: WeightsSource, error: Exception) -> str:
+    """What a visitor is told, and the log says, when the Hub or HF-cache copy in ``source`` failed its checks and
+    the bundled weights serve instead."""
+    notice = f"The Hub copy of {source.detail} failed its integrity check; serving the bundled weights instead. {error}"
+    log.error(notice)
+    return notice
