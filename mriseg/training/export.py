@@ -94,6 +94,7 @@ def robustness_summary(report: dict) -> dict:
             "per_volume_dice_median": report["per_volume_dice"]["median"],
             "mean_ci95": report["per_volume_dice"]["mean_ci95"],
             "precision": report["precision"], "recall": report["recall"],
+            "empty_slice_fp_rate": report["empty_slice_fp_rate"], "hd95_px": report["hd95_px"],
             "per_site": {site: row["mean"] for site, row in report["per_site"].items()},
             "patients": report["patients"]}
 
@@ -263,17 +264,30 @@ def robustness_section(report: dict) -> str:
     dice = report["per_volume_dice"]
     hardest = report["per_site"].get("DU", {}).get("mean", 0.0)
     rows = [f"| original (skull on, as in training) | {dice['mean']:.3f} ({interval_text(report)}) | "
-            f"{report['precision']:.3f} / {report['recall']:.3f} | {hardest:.3f} |"]
+            f"{report['precision']:.3f} / {report['recall']:.3f} | {errors_text(report)} | {hardest:.3f} |"]
     for variant, summary in variants.items():
         low, high = summary["mean_ci95"]
         rows.append(f"| {ROBUSTNESS_LABELS.get(variant, variant)} | {summary['per_volume_dice_mean']:.3f} "
                     f"({low:.3f}-{high:.3f}) | {summary['precision']:.3f} / {summary['recall']:.3f} | "
-                    f"{summary['per_site'].get('DU', 0):.3f} |")
+                    f"{errors_text(summary)} | {summary['per_site'].get('DU', 0):.3f} |")
     return ("\n### The same validation patients as other sources deliver scans\n"
             "Copies made by `python -m mriseg evaluate --variant ...` (`mriseg/evaluation/robustness.py`), scored "
             "with the same post-processing (never tuned on them):\n\n"
-            "| copy | per-volume Dice mean (95% interval) | precision / recall | DU site (hardest) |\n"
-            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| copy | per-volume Dice mean (95% interval) | precision / recall | false positives on empty slices / "
+            "HD95 (px) | DU site (hardest) |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def errors_text(summary: dict) -> str:
+    """The empty-slice false-positive rate and the mean HD95 of a report or robustness summary ("-" where a card
+    written before they were kept lacks them).
+
+    Example:
+        >>> errors_text({"empty_slice_fp_rate": 0.0104, "hd95_px": 3.23}), errors_text({})
+        ('1.0% / 3.2', '- / -')
+    """
+    rate, hd95 = summary.get("empty_slice_fp_rate"), summary.get("hd95_px")
+    return f"{'-' if rate is None else f'{rate:.1%}'} / {'-' if hd95 is None else f'{hd95:.1f}'}"
 
 
 def calibration_note(report: dict) -> str:
