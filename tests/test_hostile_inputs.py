@@ -318,3 +318,38 @@ def test_cli_refuses_within_the_memory_budget(name, hostile_files, baseline_mib,
         assert noise not in stderr, stderr
     print(f"{name}: peak {peak:.0f} MiB, baseline {baseline_mib:.0f} MiB")
     assert peak - baseline_mib < SESSION_MEMORY_BUDGET >> 20
+
+
+def test_interleaved_reads_on_threads_leave_warnings_and_logs_as_they_were():
+    """Streamlit reads several sessions' files at once: a read ending while another goes on must neither un-quiet
+    that one nor leave the process quiet after both."""
+    import logging
+    import threading
+
+    from mriseg.data.io import quiet_decoders
+
+    filters_before, level_before = list(warnings.filters), logging.getLogger("pydicom").level
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+    heard = []  # what the second reader finds once the first, which started before it, has finished
+
+    def first_reader():
+        with quiet_decoders():
+            first_inside.set()
+            second_inside.wait(10)
+        first_done.set()
+
+    def second_reader():
+        first_inside.wait(10)
+        with quiet_decoders():
+            second_inside.set()
+            first_done.wait(10)
+            heard.append((warnings.filters[0], logging.getLogger("pydicom").level))
+
+    threads = [threading.Thread(target=first_reader), threading.Thread(target=second_reader)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert list(warnings.filters) == filters_before
+    assert logging.getLogger("pydicom").level == level_before
+    assert heard == [(("ignore", None, Warning, None, 0), logging.CRITICAL + 1)]  # still quiet

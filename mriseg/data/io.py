@@ -15,6 +15,7 @@ import gzip
 import io
 import logging
 import math
+import threading
 import warnings
 import zipfile
 import zlib
@@ -561,22 +562,51 @@ def _reading(filename: str) -> Iterator[None]:
             raise InputError(f"{filename}: could not be read ({type(error).__name__}: {str(error)[:200]})") from error
 
 
-@contextlib.contextmanager
-def quiet_decoders() -> Iterator[None]:
-    """Keep the decoders' warnings about a damaged or unusual file off stderr while it is read: what matters reaches
-    the user as an :class:`InputError`. pydicom and nibabel also log what they find (nibabel the header fields it
-    would fix), so their loggers are silenced meanwhile."""
-    logs = [logging.getLogger(name) for name in ("pydicom", "nibabel")]
-    levels = [log.level for log in logs]
-    for log in logs:
-        log.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for log, level in zip(logs, levels, strict=True):
-            log.setLevel(level)
+class _QuietDecoders:
+    """Keep the decoders' warnings about a damaged or unusual file off stderr while files are read: what matters
+    reaches the user as an :class:`InputError`. pydicom and nibabel also log what they find (nibabel the header
+    fields it would fix), so their loggers are silenced meanwhile.
+
+    Warning filters and logger levels belong to the whole process, and the app reads several sessions' files on
+    threads of their own: the first reader silences, the last one out restores, so interleaved reads can never
+    leave the process silenced (or a read unsilenced).
+    """
+
+    LOGGERS = ("pydicom", "nibabel")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._saved_levels: list[int] = []
+        self._filters: warnings.catch_warnings | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._readers == 0:
+                logs = [logging.getLogger(name) for name in self.LOGGERS]
+                self._saved_levels = [log.level for log in logs]
+                for log in logs:
+                    log.setLevel(logging.CRITICAL + 1)
+                self._filters = warnings.catch_warnings()
+                self._filters.__enter__()
+                warnings.simplefilter("ignore")
+            self._readers += 1
+
+    def __exit__(self, *exception: object) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._readers == 0:
+                self._filters.__exit__(None, None, None)
+                for name, level in zip(self.LOGGERS, self._saved_levels, strict=True):
+                    logging.getLogger(name).setLevel(level)
+
+
+_QUIET = _QuietDecoders()
+
+
+def quiet_decoders() -> _QuietDecoders:
+    """A context in which the decoders are quiet (see :class:`_QuietDecoders`)."""
+    return _QUIET
 
 
 def _checked(volume: Volume, filename: str) -> Volume:
