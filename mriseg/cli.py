@@ -344,17 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--fp32", action="store_true",
                              help="compute in float32 (default: bfloat16 where the device runs it natively)")
 
+    def add_patient_options(command: argparse.ArgumentParser, out_help: str) -> None:
+        command.add_argument("--data", required=True, help="folder of patient folders (PNG or original TIFF)")
+        add_model_options(command)
+        command.add_argument("--out", default=None, help=out_help)
+        command.add_argument("--split", default=str(DEFAULT_SPLIT), help="split JSON used with --subset")
+        command.add_argument("--subset", choices=("train", "validation"), default=None,
+                             help="only the patients of this side of the split (default: every patient in --data)")
+        command.add_argument("--tta", action="store_true", help="average with the mirrored image")
+        command.add_argument("--variant", choices=VARIANTS, default="original",
+                             help="score copies of the patients as other sources deliver scans: skull-stripped, "
+                                  "resampled (1 mm-like, thin slices), brats-like (both, z-scored brain on 0)")
+
     evaluate = commands.add_parser("evaluate", help="per-volume Dice and more on a folder in the Kaggle layout")
-    evaluate.add_argument("--data", required=True, help="folder of patient folders (PNG or original TIFF)")
-    add_model_options(evaluate)
-    evaluate.add_argument("--out", default=None, help="write the JSON report here")
-    evaluate.add_argument("--split", default=str(DEFAULT_SPLIT), help="split JSON used with --subset")
-    evaluate.add_argument("--subset", choices=("train", "validation"), default=None,
-                          help="only the patients of this side of the split (default: every patient in --data)")
-    evaluate.add_argument("--tta", action="store_true", help="average with the mirrored image")
-    evaluate.add_argument("--variant", choices=VARIANTS, default="original",
-                          help="score copies of the patients as other sources deliver scans: skull-stripped, "
-                               "resampled (1 mm-like, thin slices), brats-like (both, z-scored brain on 0)")
+    add_patient_options(evaluate, "write the JSON report here")
     evaluate.set_defaults(handler=_evaluate)
 
     compare = commands.add_parser("compare-reports",
@@ -364,14 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_compare_reports)
 
     errors = commands.add_parser("errors", help="list every false-positive component and missed tumour slice")
-    errors.add_argument("--data", required=True, help="folder of patient folders (PNG or original TIFF)")
-    add_model_options(errors)
-    errors.add_argument("--out", default=None, help="write the JSON error list here")
-    errors.add_argument("--split", default=str(DEFAULT_SPLIT), help="split JSON used with --subset")
-    errors.add_argument("--subset", choices=("train", "validation"), default=None,
-                        help="only the patients of this side of the split (default: every patient in --data)")
-    errors.add_argument("--tta", action="store_true", help="average with the mirrored image")
-    errors.add_argument("--variant", choices=VARIANTS, default="original", help="as for evaluate")
+    add_patient_options(errors, "write the JSON error list here")
     errors.set_defaults(handler=_errors)
 
     predict = commands.add_parser(

@@ -172,16 +172,10 @@ def find_errors(data_dir: str | Path, segmenter, patients: list[str] | None = No
                 variant: str = "original") -> dict:
     """:func:`error_list` of ``segmenter`` (with its stored post-processing) on the patients of ``data_dir``
     (every one, or only ``patients``), scored on the ``variant`` copy."""
-    from mriseg.data.lgg import find_cases
-    from mriseg.evaluation.report import predict_cases
+    from mriseg.evaluation.report import predict_cases, select_cases
 
-    cases = find_cases(data_dir)
-    if patients is not None:
-        wanted = set(patients)
-        cases = [case for case in cases if case.name in wanted]
-        if not cases:
-            raise FileNotFoundError(f"none of the requested patients are in {data_dir}")
-    errors = error_list(predict_cases(segmenter, cases, tta=tta, variant=variant), segmenter.postprocessing)
+    predictions = predict_cases(segmenter, select_cases(data_dir, patients), tta=tta, variant=variant)
+    errors = error_list(predictions, segmenter.postprocessing)
     return {"variant": variant, "tta": tta, **errors}
 
 

@@ -152,6 +152,22 @@ def summarize(predictions: list[PatientPrediction], postprocessing: Postprocessi
     }
 
 
+def select_cases(data_dir: str | Path, patients: list[str] | None = None) -> list[PatientCase]:
+    """The patient cases in ``data_dir`` (Kaggle layout): every one, or only ``patients``.
+
+    Raises:
+        FileNotFoundError: when none of ``patients`` is there.
+    """
+    cases = find_cases(data_dir)
+    if patients is None:
+        return cases
+    wanted = set(patients)
+    cases = [case for case in cases if case.name in wanted]
+    if not cases:
+        raise FileNotFoundError(f"none of the requested patients are in {data_dir}")
+    return cases
+
+
 def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | None = None,
              tta: bool = False, variant: str = "original") -> dict:
     """Evaluate ``segmenter`` on every patient folder of ``data_dir`` (or only ``patients``).
@@ -167,13 +183,7 @@ def evaluate(data_dir: str | Path, segmenter: Segmenter, patients: list[str] | N
     Returns:
         The report; see :func:`summarize` for the keys.
     """
-    cases = find_cases(data_dir)
-    if patients is not None:
-        wanted = set(patients)
-        cases = [case for case in cases if case.name in wanted]
-        if not cases:
-            raise FileNotFoundError(f"none of the requested patients are in {data_dir}")
-    predictions = predict_cases(segmenter, cases, tta=tta, variant=variant)
+    predictions = predict_cases(segmenter, select_cases(data_dir, patients), tta=tta, variant=variant)
     report = summarize(predictions, segmenter.postprocessing)
     report["tta"] = tta
     report["variant"] = variant
