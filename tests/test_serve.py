@@ -10,6 +10,8 @@ import pytest
 from browser_helpers import streamlit_server
 from helpers import REPO_ROOT
 
+from mriseg.data.dicom import FOLDER_PREFIX
+
 pytestmark = pytest.mark.slow
 
 # Run in a fresh process: resolving the options loads them into Streamlit's process-wide config.
@@ -43,9 +45,15 @@ def test_an_address_given_is_the_one_named(tmp_path):
 
 
 def test_serve_prints_its_address_and_the_class_password_state(tmp_path):
+    """Also: the DICOM files a server killed mid-read left behind (they name patients) are gone once it starts."""
     log = tmp_path / "server.log"
-    with streamlit_server(warm=True, log=log, env={"MRISEG_CLASS_PASSWORD": "glioma-2b"}) as (url, _):
-        pass
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left_behind = tmp_path / f"mriseg-{os.getuid()}" / f"{FOLDER_PREFIX}{finished.stdout.strip()}-x1y2"
+    left_behind.mkdir(parents=True)
+    (left_behind / "00000.dcm").write_bytes(b"PatientName Doe^Jane")
+    environment = {"MRISEG_CLASS_PASSWORD": "glioma-2b", "TMPDIR": str(tmp_path)}
+    with streamlit_server(warm=True, log=log, env=environment) as (url, _):
+        assert not left_behind.exists()
     lines = log.read_text().splitlines()
     assert f"the app listens on {url}" in lines
     assert "a class password is required (MRISEG_CLASS_PASSWORD or class_password in secrets.toml)" in lines

@@ -84,7 +84,9 @@ def serve(streamlit_options: list[str], device: str = "auto") -> int:
     import plotly.graph_objects  # noqa: F401  (the Segment page's chart; imported once here, not at first visit)
 
     from mriseg.app import access, webapp
+    from mriseg.data.dicom import temporary_root
 
+    temporary_root()  # sweeps the DICOM files a killed server left behind: they name patients
     model = webapp.warm_up(device)
     print(f"model {model.version} ready on {model.segmenter.device_label}, gallery segmented "
           f"({time.perf_counter() - started:.1f} s); starting the app", file=sys.stderr)
