@@ -31,6 +31,7 @@ def show(page: StreamlitPage) -> None:
             st.warning(model.notice, icon=":material/gpp_maybe:")
             st.sidebar.warning(model.notice, icon=":material/gpp_maybe:")
         page.run()
+        webapp.write_link()  # again after the page: it may have set defaults (a volume's first slice)
     except Exception as error:
         report(error, "Something went wrong on this page")
 
@@ -49,6 +50,8 @@ def report(error: Exception, what: str) -> None:
 
 
 locked = not access.unlocked()
+if not locked:  # before the navigation: a link may turn presenter mode on, which moves the page list
+    webapp.restore_from_link()
 # URL paths differ from the file names on purpose: Streamlit's testing harness would otherwise mistake these
 # pages for the legacy pages/ directory and run them without this entry script (and its sidebar).
 # In presenter mode the sidebar is hidden and the pages are listed along the top: one click away on a projector.
@@ -59,6 +62,7 @@ navigation = st.navigation([
     st.Page("pages/compare.py", title="Compare with ground truth", icon=":material/compare:", url_path="ground-truth"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="model-metrics"),
     st.Page("pages/how_it_works.py", title="How it works", icon=":material/schema:", url_path="inside-the-unet"),
+    st.Page("pages/classroom.py", title="Class", icon=":material/groups:", url_path="class"),
 ], position="hidden" if locked else "top" if st.session_state.get("presenter") else "sidebar")
 if locked:
     access.password_form()

@@ -16,7 +16,13 @@ every 0.2 s, and its VmHWM peak); the server's CPU seconds during the uploads; t
 A browser does more than these clients: it renders, and fetches the media files (gallery thumbnails, the
 reformats); the server's side of a session (script runs, the forward pass, the messages) is the same.
 
+``--draw`` plays a class drawing together instead: the teacher's view of a class (pages/classroom.py) open in
+Chromium, then ``--sessions`` light clients open the class link, type a nickname and press Join class, and all press
+Submit outline at once (each sends a different square, as the drawing component sends it). Reported: outlines
+stored, each submission's answer time, and when the teacher's view (refreshed twice a second) showed them all.
+
 Run from the repository root:  .venv/bin/python benchmarks/class_load_test.py --sessions 30
+(or ``--draw --sessions 40``)
 Options: ``--waves 2`` (a second class of new uploads: memory should stay bounded), ``--details`` (each student's
 timeline), ``--server-env NAME=VALUE`` (Streamlit settings for the server, e.g.
 ``STREAMLIT_SERVER_FILE_WATCHER_TYPE=none``, to compare against the configuration users run).
@@ -40,6 +46,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -56,9 +63,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the helpers the browser tests use to serve the app
 
-from browser_helpers import cpu_seconds, memory_mb, streamlit_server  # noqa: E402
+from browser_helpers import CHROMIUM, CHROMIUM_FLAGS, cpu_seconds, memory_mb, streamlit_server  # noqa: E402
 
-from mriseg.app.case import sample_index  # noqa: E402
+from mriseg.app.case import load_sample, sample_index  # noqa: E402
 
 OVERLAY_COMPONENT = "mriseg_threshold_view"
 OVERLAY_CAPTION = "Tumour at threshold"
@@ -321,6 +328,10 @@ class Student:
     finished_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        return self.scan.name
+
 
 async def open_upload_page(student: Student) -> None:
     """Load the Segment page and choose "Upload a file", as a student does before picking a file."""
@@ -357,10 +368,10 @@ async def upload(student: Student) -> None:
     student.warnings = run.warnings
 
 
-async def each(students: list[Student], step: Callable[[Student], Awaitable[None]]) -> None:
+async def each(students: list, step: Callable[[Any], Awaitable[None]]) -> None:
     """Run ``step`` for every student at once; name every student that failed, then fail."""
     results = await asyncio.gather(*(step(student) for student in students), return_exceptions=True)
-    failures = [f"{student.scan.name}: {type(result).__name__}: {result}"
+    failures = [f"{student.name}: {type(result).__name__}: {result}"
                 for student, result in zip(students, results, strict=True) if isinstance(result, BaseException)]
     if failures:
         raise SessionError(f"{len(failures)} of {len(students)} sessions failed:\n  " + "\n  ".join(failures))
@@ -489,8 +500,163 @@ async def class_load_test(args: argparse.Namespace) -> None:
               f"{memory_mb(process.pid, 'VmHWM'):.0f} MiB")
 
 
+# --- a class drawing together (--draw) ----------------------------------------------------------------------------
+
+
+class PageClient(StreamlitClient):
+    """A client on one page of the app with a query string, following the query parameters the app sets (as the
+    browser's address bar does)."""
+
+    def __init__(self, url: str, timeout: float, page: str, query: str) -> None:
+        super().__init__(url, timeout)
+        self.page, self.query = page, query
+
+    async def rerun(self) -> Run:
+        message = BackMsg()
+        message.rerun_script.query_string = self.query
+        message.rerun_script.page_name = self.page
+        message.rerun_script.widget_states.widgets.extend(self.widget_states.values())
+        await self._send(message)
+        self._triggers_sent()
+        return await self._read_run()
+
+    def _triggers_sent(self) -> None:
+        """A button press or a component's event is sent once, as the browser does; values stay."""
+        for widget_id, state in list(self.widget_states.items()):
+            if state.WhichOneof("value") in ("trigger_value", "json_trigger_value"):
+                del self.widget_states[widget_id]
+
+    def _dispatch(self, message: ForwardMsg, run: Run) -> None:
+        if message.WhichOneof("type") == "page_info_changed":
+            self.query = message.page_info_changed.query_string
+        super()._dispatch(message, run)
+
+
+@dataclass
+class Drawer:
+    number: int
+    client: PageClient
+    sent_at: float = 0.0
+    answered_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"student {self.number}"
+
+
+def square_outline(number: int) -> list[list[list[float]]]:
+    """A different square for every student, around the large sample's tumour."""
+    left, top = 80 + 3 * (number % 10), 80 + 3 * (number // 10)
+    return [[[left, top], [left + 80, top], [left + 80, top + 80], [left, top + 80]]]
+
+
+async def join_class(drawer: Drawer) -> None:
+    """Open the class link, type a nickname, press Join class: the drawing surface must come back."""
+    client = drawer.client
+    await client.connect()
+    await client.rerun()
+    client.set_widget("nickname", WidgetState(string_value=f"student {drawer.number}"))
+    client.set_widget("join_class", WidgetState(trigger_value=True))
+    await client.rerun()
+    if "student=" not in client.query:
+        raise SessionError(f"student {drawer.number} did not join: query {client.query!r}")
+    if not any(key.startswith("outline_") for key in client.widget_ids):
+        await client.rerun()  # the join's own run ends with st.rerun(): the drawing comes in the next
+    if not any(key.startswith("outline_") for key in client.widget_ids):
+        raise SessionError(f"student {drawer.number}: no drawing surface after joining")
+
+
+async def submit_outline(drawer: Drawer) -> None:
+    """Press Submit outline with this student's square, as the drawing component sends it."""
+    from streamlit.components.v2.bidi_component.main import _make_trigger_id
+
+    client = drawer.client
+    key = next(key for key in client.widget_ids if key.startswith("outline_"))
+    payload = [{"event": "outline", "value": {"shapes": square_outline(drawer.number), "seconds": 20.0}}]
+    # The browser sends the component's (empty) state beside its event; the page reads the event through it.
+    client.set_widget(key, WidgetState(json_value="{}"))
+    trigger = WidgetState(json_trigger_value=json.dumps(payload))
+    trigger.id = _make_trigger_id(client.widget_ids[key], "events")
+    client.widget_states[trigger.id] = trigger
+    drawer.sent_at = time.perf_counter()
+    await client.rerun()
+    drawer.answered_s = time.perf_counter() - drawer.sent_at
+
+
+async def teacher_sees(url: str, query: str, count: int, timeout: float, ready: asyncio.Event) -> float:
+    """A real browser on the teacher's view; sets ``ready`` once it shows "0 submitted", returns the perf_counter
+    moment it showed "<count> submitted"."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_FLAGS))
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        await page.goto(f"{url}/class?{query}")
+        await page.get_by_text("0 submitted", exact=True).wait_for(timeout=timeout * 1000)
+        ready.set()
+        await page.get_by_text(f"{count} submitted", exact=True).wait_for(timeout=timeout * 1000)
+        seen = time.perf_counter()
+        await browser.close()
+    return seen
+
+
+async def drawing_wave(url: str, pid: int, database: Path, students: int, timeout: float) -> None:
+    """The teacher's view open in Chromium; ``students`` light clients join, then all submit at once."""
+    from mriseg.app import classroom
+
+    large = max((e for e in sample_index() if e["category"] == "large"), key=lambda e: e["tumour_pixels"])
+    case = load_sample(large)
+    # The wave measures storing and counting outlines, not scores: the expert's mask stands in for the model's.
+    slide = classroom.Slide(case.volume.pixels[0], case.truth[0], case.truth[0])
+    code, token = classroom.start_class(large["image"], 0, 0.5, slide, database)
+    ready = asyncio.Event()
+    teacher = asyncio.create_task(teacher_sees(url, f"code={code}&teacher={token}", students, timeout, ready))
+    await ready.wait()
+    drawers = [Drawer(number, PageClient(url, timeout, "class", f"code={code}")) for number in range(students)]
+    try:
+        started = time.perf_counter()
+        await each(drawers, join_class)
+        joined_s = time.perf_counter() - started
+        server_cpu = cpu_seconds(pid)
+        await each(drawers, submit_outline)
+        server_cpu = cpu_seconds(pid) - server_cpu
+        last_stored = max(drawer.sent_at + drawer.answered_s for drawer in drawers)
+        seen = await teacher
+    finally:
+        await asyncio.gather(*(drawer.client.close() for drawer in drawers), return_exceptions=True)
+    stored = classroom.counts(code, database)
+    answered = np.array([drawer.answered_s for drawer in drawers])
+    sent = [drawer.sent_at for drawer in drawers]
+    print(f"drawing class: {students} students joined in {joined_s:.1f} s; then all pressed Submit outline within "
+          f"{max(sent) - min(sent):.2f} s of each other")
+    print(f"  stored: {stored[1]} of {students} outlines ({stored[0]} students joined)")
+    print(f"  each submission answered (rasterised, stored, page rerun): slowest {answered.max():.2f} s, median "
+          f"{np.median(answered):.2f} s; server CPU for the wave {server_cpu:.1f} s")
+    print(f"  the teacher's view (Chromium, refreshed twice a second) showed \"{students} submitted\" "
+          f"{seen - max(sent):.2f} s after the last press, {seen - last_stored:.2f} s after the last was stored")
+    if stored != (students, students):
+        raise SessionError(f"only {stored[1]} of {students} outlines stored")
+
+
+async def class_drawing_test(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}")
+    database = Path(tempfile.mkdtemp()) / "classes.sqlite"
+    environment = {"MRISEG_CLASS_DB": str(database)}
+    server_log = database.parent / "server.log"
+    with streamlit_server(warm=True, env=environment, log=server_log) as (url, process):
+        try:
+            await drawing_wave(url, process.pid, database, args.sessions, args.timeout)
+        except SessionError:
+            last_lines = server_log.read_text(errors="replace").splitlines()[-40:]
+            print("server output, last lines:\n  " + "\n  ".join(last_lines), file=sys.stderr)
+            raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--draw", action="store_true",
+                        help="a class drawing together instead: the teacher's view in Chromium, --sessions students "
+                             "join the class page and all submit an outline at once")
     parser.add_argument("--sessions", type=int, default=30, help="students per wave")
     parser.add_argument("--waves", type=int, default=1, help="waves of new students (2: memory stays bounded?)")
     parser.add_argument("--volume-every", type=int, default=10,
@@ -502,7 +668,7 @@ def main() -> None:
                         help="environment for the server, e.g. STREAMLIT_SERVER_FILE_WATCHER_TYPE=none (repeatable)")
     args = parser.parse_args()
     try:
-        asyncio.run(class_load_test(args))
+        asyncio.run(class_drawing_test(args) if args.draw else class_load_test(args))
     except SessionError as error:
         sys.exit(f"FAILED: {error}")
 

@@ -25,9 +25,12 @@ def single_curves(curves: go.Figure, rows: list[dict], config: dict) -> None:
                        yaxis="y2", line_color=CHART_COLOURS["dice"])
     lineage = config.get("initialised_from")
     while lineage:  # each warm restart reset the learning rate: mark where, so the dip after it makes sense
-        restart = kept_epoch(lineage) + 0.5
-        threshold_line(curves, restart, "warm restart", colour=CHART_COLOURS["marker"])
+        curves.add_vline(x=kept_epoch(lineage) + 0.5, line_dash="dash", line_color=CHART_COLOURS["marker"],
+                         line_width=2)
         lineage = lineage.get("initialised_from")
+    if config.get("initialised_from"):  # one legend entry for every restart: labels on close lines overlap
+        curves.add_scatter(x=[None], y=[None], mode="lines", name="warm restart (learning rate reset)",
+                           line=dict(color=CHART_COLOURS["marker"], dash="dash", width=2))
     averaged = config.get("averaged_epochs")
     if averaged:
         curves.add_vrect(x0=averaged[0] - 0.5, x1=averaged[-1] + 0.5, opacity=0.2, line_width=0,
@@ -72,7 +75,7 @@ def reliability_figure(calibration: dict) -> go.Figure:
     figure.update_layout(title="Does a probability of 0.8 mean 80%?", xaxis_title="predicted tumour probability",
                          yaxis_title="fraction of those pixels that are tumour", xaxis_range=[0, 1],
                          yaxis_range=[0, 1.02], height=380, legend=dict(orientation="h", y=-0.25, x=0))
-    return style_chart(figure)
+    return style_chart(figure, view.presenter)
 
 
 def site_figure(per_site: dict) -> go.Figure:
@@ -84,18 +87,17 @@ def site_figure(per_site: dict) -> go.Figure:
                               hovertemplate="%{x}: mean %{y:.3f}<extra></extra>"))
     figure.update_layout(title="Per-volume Dice by scanner site", xaxis_title="site (TCGA institution code)",
                          yaxis_title="mean Dice", yaxis_range=[0, 1.1], height=380)
-    return style_chart(figure)
+    return style_chart(figure, view.presenter)
 
 
-view = webapp.context()
-model, threshold = view.model, view.threshold
-st.title("Metrics")
-
-st.header("This case")
-case = webapp.current_case()
-if case is None:
-    st.info("Open a sample or upload a scan on the Segment page to see how it responds to the threshold.")
-else:
+def case_section() -> None:
+    """How the open case responds to the threshold."""
+    if not view.presenter:  # on a projector the part's button names it
+        st.header("This case")
+    case = webapp.current_case()
+    if case is None:
+        st.info("Open a sample or upload a scan on the Segment page to see how it responds to the threshold.")
+        return
     prediction = webapp.predict(model, case, tta=view.tta)
     probabilities = prediction.probabilities.mean
     curve = threshold_curve(probabilities, case.truth, model.postprocessing)
@@ -114,8 +116,8 @@ else:
         figure.update_layout(yaxis_title="tumour pixels")
         st.caption(f"{case.name} has no ground truth: predicted tumour area at each threshold.")
     threshold_line(figure, threshold, f"current {threshold:.2f}")  # at the bottom: at the top it would sit on Dice
-    figure.update_layout(xaxis_title="threshold", height=360, margin=dict(t=30, b=40))
-    st.plotly_chart(style_chart(figure), key="case_curve")
+    figure.update_layout(xaxis_title="threshold", height=CHART_HEIGHT, margin=dict(t=30, b=40))
+    st.plotly_chart(style_chart(figure, view.presenter), key="case_curve")
     uploaded = (case.truth_source or "").startswith("uploaded mask")
     fit = mask_fit_warning(case.volume.pixels, case.truth, probabilities) if uploaded else None
     # A flat Dice of 0 is either a mask that does not belong to the scan, or a tumour no threshold rescues.
@@ -128,63 +130,79 @@ else:
         threshold_line(histogram, threshold, f"current {threshold:.2f}", position="top right")
         histogram.update_layout(xaxis_title="tumour probability (pixels above 0.01)", yaxis_title="pixels",
                                 yaxis_type="log", height=300, margin=dict(t=30, b=40))
-        st.plotly_chart(style_chart(histogram), key="case_histogram")
+        st.plotly_chart(style_chart(histogram, view.presenter), key="case_histogram")
 
-st.header("The model")
-folder = model.source.folder
-validation = model.config.get("split", {}).get("validation", [])
-report_path, log_path = folder / "evaluation.json", folder / "training_log.csv"
-if not report_path.exists():
-    st.info("This weights folder ships no evaluation report.")
-    st.stop()
-report = json.loads(report_path.read_text())
-st.markdown(
-    f"Numbers from **{report['n_patients']} validation patients** ({report['n_slices']} slices) of the committed "
-    f"patient split: the model never trained on them, but they chose its epochs and its threshold "
-    f"({report['threshold']:.2f}), so they are slightly optimistic. Per-volume Dice stacks all slices of a "
-    f"patient into one score, the way the field reports it."
-)
-cards = st.columns(4)
-cards[0].metric("Per-volume Dice, mean", f"{report['per_volume_dice']['mean']:.3f}")
-cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median']:.3f}")
-# Undefined where the validation set has no such slices: "n/a", as in the model card.
-cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
-cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
-# Reports written before the interval existed (an older Hub revision of the weights) lack it.
-interval = report["per_volume_dice"].get("mean_ci95")
-if interval:
-    st.caption(f"95% interval of the mean: **{interval_text(report)}** (bootstrap over the {report['n_patients']} "
-               "patients). Another draw of as many patients like these could put the same model anywhere in it, "
-               "so a difference of 0.01 between two models' means says little on its own.")
 
-left, right = st.columns(2)
-patients = report["patients"]
-strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
-                         pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>",
-                         marker_color=CHART_COLOURS["dice"], line_color=CHART_COLOURS["dice"]))
-if interval:
-    mean, (low, high) = report["per_volume_dice"]["mean"], interval
-    strip.add_scatter(x=["mean, 95% interval"], y=[mean], mode="markers", marker_size=10,
-                      marker_color=CHART_COLOURS["threshold"],
-                      error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low]),
-                      hovertemplate=f"mean {mean:.3f}, 95% interval {low:.3f}-{high:.3f}<extra></extra>")
-strip.update_layout(showlegend=False)
-strip.update_layout(title="Per-patient Dice", yaxis_title="Dice", yaxis_range=[0, 1.02], height=380)
-left.plotly_chart(style_chart(strip), key="patients_strip")
-sweep = report["threshold_sweep"]
-sweep_figure = go.Figure()
-sweep_figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volume_dice_mean"] for row in sweep],
-                         name="mean", mode="lines+markers", line_color=CHART_COLOURS["dice"])
-if "per_volume_dice_median" in sweep[0]:
-    sweep_figure.add_scatter(x=[row["threshold"] for row in sweep],
-                             y=[row["per_volume_dice_median"] for row in sweep], name="median", mode="lines+markers",
-                             line_color=CHART_COLOURS["median"], line_dash="dash")
-threshold_line(sweep_figure, threshold, "current")
-sweep_figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=380)
-right.plotly_chart(style_chart(sweep_figure), key="sweep")
+def validation_section(report: dict) -> None:
+    """The model's numbers on its validation patients: the cards, each patient, the threshold sweep."""
+    validation = model.config.get("split", {}).get("validation", [])
+    if not view.presenter:  # on a projector the part's button names it, and the teacher says the rest
+        st.header("The model")
+        st.markdown(
+            f"Numbers from **{report['n_patients']} validation patients** ({report['n_slices']} slices) of the "
+            f"committed patient split: the model never trained on them, but they chose its epochs and its "
+            f"threshold ({report['threshold']:.2f}), so they are slightly optimistic. Per-volume Dice stacks all "
+            "slices of a patient into one score, the way the field reports it."
+        )
+    cards = st.columns(4)
+    cards[0].metric("Per-volume Dice, mean", f"{report['per_volume_dice']['mean']:.3f}")
+    cards[1].metric("Per-volume Dice, median", f"{report['per_volume_dice']['median']:.3f}")
+    # Undefined where the validation set has no such slices: "n/a", as in the model card.
+    cards[2].metric("Dice on slices with tumour", optional(report["positive_slice_dice"], ".3f"))
+    cards[3].metric("False positives on empty slices", optional(report["empty_slice_fp_rate"], ".1%"))
+    # Reports written before the interval existed (an older Hub revision of the weights) lack it.
+    interval = report["per_volume_dice"].get("mean_ci95")
+    if interval:
+        st.caption(f"95% interval of the mean: **{interval_text(report)}** (bootstrap over the "
+                   f"{report['n_patients']} patients). Another draw of as many patients like these could put the "
+                   "same model anywhere in it, so a difference of 0.01 between two models' means says little on "
+                   "its own.")
+    left, right = st.columns(2)
+    left.plotly_chart(patients_figure(report), key="patients_strip")
+    right.plotly_chart(sweep_figure(report["threshold_sweep"]), key="sweep")
+    if not view.presenter:  # a list of codes says nothing from the back row
+        with st.expander(f"Validation patients ({len(validation)})"):
+            st.write(", ".join(validation))
 
-# Reports written before calibration and sites were added (an older Hub revision of the weights) lack them.
-if "calibration" in report and "per_site" in report:
+
+def patients_figure(report: dict) -> go.Figure:
+    """Each validation patient's per-volume Dice, with the mean and its 95% interval."""
+    patients, interval = report["patients"], report["per_volume_dice"].get("mean_ci95")
+    strip = go.Figure(go.Box(y=list(patients.values()), text=list(patients), boxpoints="all", jitter=0.4,
+                             pointpos=0, name="patients", hovertemplate="%{text}: %{y:.3f}<extra></extra>",
+                             marker_color=CHART_COLOURS["dice"], line_color=CHART_COLOURS["dice"]))
+    if interval:
+        mean, (low, high) = report["per_volume_dice"]["mean"], interval
+        strip.add_scatter(x=["mean, 95% interval"], y=[mean], mode="markers", marker_size=10,
+                          marker_color=CHART_COLOURS["threshold"],
+                          error_y=dict(type="data", symmetric=False, array=[high - mean], arrayminus=[mean - low]),
+                          hovertemplate=f"mean {mean:.3f}, 95% interval {low:.3f}-{high:.3f}<extra></extra>")
+    strip.update_layout(showlegend=False, title="Per-patient Dice", yaxis_title="Dice", yaxis_range=[0, 1.02],
+                        height=CHART_HEIGHT)
+    return style_chart(strip, view.presenter)
+
+
+def sweep_figure(sweep: list[dict]) -> go.Figure:
+    """Mean (and median) per-volume Dice of the validation patients at each threshold."""
+    figure = go.Figure()
+    figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volume_dice_mean"] for row in sweep],
+                       name="mean", mode="lines+markers", line_color=CHART_COLOURS["dice"])
+    if "per_volume_dice_median" in sweep[0]:
+        figure.add_scatter(x=[row["threshold"] for row in sweep], y=[row["per_volume_dice_median"] for row in sweep],
+                           name="median", mode="lines+markers", line_color=CHART_COLOURS["median"],
+                           line_dash="dash")
+    threshold_line(figure, threshold, "current")
+    figure.update_layout(title="Per-volume Dice versus threshold", xaxis_title="threshold", height=CHART_HEIGHT)
+    return style_chart(figure, view.presenter)
+
+
+def calibration_section(report: dict) -> None:
+    """Reliability diagram and per-site Dice; reports written before they were added (an older Hub revision of the
+    weights) lack them."""
+    if "calibration" not in report or "per_site" not in report:
+        if view.presenter:  # on its own screen, an empty step needs a word
+            st.info("This weights folder's report has no calibration or per-site numbers.")
+        return
     left, right = st.columns(2)
     left.plotly_chart(reliability_figure(report["calibration"]), key="reliability")
     right.plotly_chart(site_figure(report["per_site"]), key="sites")
@@ -193,7 +211,12 @@ if "calibration" in report and "per_site" in report:
         st.caption(f"The heat map's colours are probabilities: {note}. Below the diagonal the model is more sure "
                    "than it should be. Sites with few patients say little on their own.")
 
-if log_path.exists():
+
+def training_section(log_path) -> None:
+    """Training loss and validation Dice by epoch (each U-Net's, for an ensemble)."""
+    if not log_path.exists():
+        st.info("This weights folder ships no training log.")
+        return
     groups = log_by_member(list(csv.DictReader(io.StringIO(log_path.read_text()))))
     curves = go.Figure()
     if len(groups) > 1:
@@ -205,9 +228,29 @@ if log_path.exists():
         single_curves(curves, next(iter(groups.values())), model.config)
     curves.update_layout(title="Training curves", xaxis_title="epoch", yaxis_title="loss",
                          yaxis2=dict(title="Dice", overlaying="y", side="right", range=[0, 1], tickmode="linear",
-                                     tick0=0, dtick=0.2, showgrid=False), height=440,
+                                     tick0=0, dtick=0.2, showgrid=False), height=600 if view.presenter else 440,
                          # below the plot: at its right the legend would cover the Dice axis
                          legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
-    st.plotly_chart(style_chart(curves), key="training_curves")
-with st.expander(f"Validation patients ({len(validation)})"):
-    st.write(", ".join(validation))
+    st.plotly_chart(style_chart(curves, view.presenter), key="training_curves")
+
+
+view = webapp.context()
+model, threshold = view.model, view.threshold
+CHART_HEIGHT = 480 if view.presenter else 380
+# On a projector the page comes one screen at a time.
+CASE, VALIDATION, CALIBRATION, TRAINING = "This case", "Validation patients", "Calibration and sites", "Training"
+step = webapp.presenter_step("metrics_step", [CASE, VALIDATION, CALIBRATION, TRAINING])
+if not view.presenter:  # on a projector the page list along the top names the page
+    st.title("Metrics")
+if step in (None, CASE):
+    case_section()
+report_path, log_path = model.source.folder / "evaluation.json", model.source.folder / "training_log.csv"
+if step != CASE and not report_path.exists():
+    st.info("This weights folder ships no evaluation report.")
+    st.stop()
+if step in (None, VALIDATION):
+    validation_section(json.loads(report_path.read_text()))
+if step in (None, CALIBRATION):
+    calibration_section(json.loads(report_path.read_text()))
+if step in (None, TRAINING):
+    training_section(log_path)

@@ -9,8 +9,20 @@ import streamlit as st
 
 from mriseg.app import webapp
 from mriseg.app.case import measurements_csv, slice_agreement
+from mriseg.app.links import DISPLAY_DEFAULTS
+from mriseg.app.pending import PendingPrediction
+from mriseg.app.segmenting import segmenting_view
 from mriseg.app.threshold_view import THRESHOLD_STEPS
-from mriseg.app.visualize import COLOURS, display_image, heatmap, near_threshold, overlay, reformat, to_png
+from mriseg.app.visualize import (
+    COLOURS,
+    display_image,
+    heatmap,
+    near_threshold,
+    overlay,
+    reformat,
+    style_chart,
+    to_png,
+)
 from mriseg.data.io import mask_to_nifti, mask_to_png
 from mriseg.metrics import tumour_size
 from mriseg.postprocessing import removed_regions
@@ -22,14 +34,18 @@ if not view.presenter:  # on a projector the page list along the top names the p
     st.title("Segment a brain MRI")
     st.caption(f"A U-Net marks the FLAIR abnormality of lower-grade glioma. {webapp.DISCLAIMER}")
     webapp.remember("source", "Sample gallery")
-    if st.radio("Scan", ["Sample gallery", "Upload a file"], horizontal=True, key="source", on_change=webapp.keep,
-                args=("source",)) == "Sample gallery":
+    # The choice beside the gallery or the uploader, not above it: on a 1280x800 laptop the overlay and its
+    # threshold slider then stay on the screen, even under an uploaded file's chip.
+    choice, box = st.columns([1, 4])
+    if choice.radio("Scan", ["Sample gallery", "Upload a file"], key="source", on_change=webapp.keep,
+                    args=("source",)) == "Sample gallery":
         # A different label once a case is open makes a new, collapsed expander, so the result moves up.
         no_case = webapp.current_case() is None
-        with st.expander("Sample gallery" if no_case else "Sample gallery: open another case", expanded=no_case):
+        with box.expander("Sample gallery" if no_case else "Sample gallery: open another case", expanded=no_case):
             webapp.gallery()
     else:
-        webapp.upload_box()
+        with box:
+            webapp.upload_box()
 
 case = webapp.current_case()
 if case is None:
@@ -37,7 +53,10 @@ if case is None:
     st.stop()
 for warning in case.warnings:  # above the result: an outline on a file unlike FLAIR means nothing
     st.warning(warning, icon=":material/warning:")
-prediction = webapp.predict(model, case, tta=view.tta)
+prediction = webapp.prediction_or_pending(model, case, tta=view.tta)
+if isinstance(prediction, PendingPrediction):  # a volume still being segmented: its middle slice first
+    segmenting_view(case, prediction, model, threshold, view.presenter, view.tta)
+    st.stop()
 # The mask depends on the threshold only (a full rerun); the fragment below reuses it for display controls.
 mask = webapp.current_mask(model, prediction, threshold)
 size = tumour_size(mask, case.volume)
@@ -164,12 +183,22 @@ def uncertainty_view(image: np.ndarray, index: int) -> None:
                 "probability is "
                 "within ±0.1 of the threshold, so a small move of the slider would flip them; for a confident "
                 "model they are a thin rim along the outline.")
-    columns = st.columns(3 if not view.presenter else 2)
+    columns = st.columns(3)  # on a projector too: two larger pictures would push their captions off the screen
     columns[0].image(heatmap(np.clip(probabilities.std[index] * 2, 0, 1), image),
                      caption="Disagreement between the two views: |original − mirrored|", width="stretch")
     flips = near_threshold(probabilities.mean[index], threshold)
     columns[1].image(overlay(image, flips, "cyan", 0.8), caption=f"{int(flips.sum()):,} pixels within ±0.1 of "
                      "the threshold (cyan): a small move of the slider flips them", width="stretch")
+
+
+OVERLAY, UNCERTAINTY, VOLUME = "Overlay", "Uncertainty", "Slices and planes"
+
+
+def presenter_part(probabilities) -> str | None:
+    """On a projector, one part of the result at a time, each within the screen: the overlay, where the model is
+    unsure (with uncertainty on), the whole volume; None (everything) off the projector or with nothing to choose."""
+    parts = [OVERLAY] + [UNCERTAINTY] * (probabilities.std is not None) + [VOLUME] * (case.volume.n_slices > 1)
+    return webapp.presenter_step("segment_part", parts) if len(parts) > 1 else None
 
 
 @st.fragment
@@ -178,6 +207,7 @@ def result_view() -> None:
     volume = case.volume
     probabilities = prediction.probabilities
     st.subheader(case.name)
+    part = presenter_part(probabilities)
     row = st.columns([5, 1], vertical_alignment="bottom")
     if volume.n_slices > 1:
         webapp.remember("slice", (size["largest_slice"] or volume.n_slices // 2) + 1)
@@ -187,7 +217,7 @@ def result_view() -> None:
         index = 0
     with row[1].popover("Display", icon=":material/palette:", width="stretch"):
         # Defaults go into the session state, not the widgets: the app keeps these values across pages.
-        for name, default in (("opacity", 0.45), ("colour", "red"), ("style", "fill")):
+        for name, default in DISPLAY_DEFAULTS.items():
             webapp.remember(name, default)
         opacity = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity", on_change=webapp.keep,
                             args=("opacity",))
@@ -204,22 +234,26 @@ def result_view() -> None:
                "Tumour at threshold {threshold}")
     # On a projector the numbers stand beside the pictures, so all of it fits one 1920x1080 screen.
     picture_area, number_area = st.columns([4, 1]) if view.presenter else (st.container(), st.container())
-    with picture_area:
-        webapp.threshold_view(
-            case, webapp.masks_for_every_threshold(model, case, prediction, view.tta), index, threshold,
-            image=webapp.Picture(to_png(image), caption),
-            heat=webapp.Picture(to_png(probability_map), "Tumour probability (dark: 0, yellow: 1)" + (
-                "; grey outline: removed by the filters" if removed_here.any() else "")),
-            input_picture=None if view.presenter else webapp.Picture(to_png(image), "Input, as the model sees it"),
-            colour=colour, opacity=opacity, style=style, presenter=view.presenter, tta=view.tta,
-        )
-    with number_area:
-        measurements(index)
-        removed_note(index)
-    if probabilities.std is not None:
-        uncertainty_view(image, index)
+    if part in (None, OVERLAY):
+        with picture_area:
+            webapp.threshold_view(
+                case, webapp.masks_for_every_threshold(model, case, prediction, view.tta), index, threshold,
+                image=webapp.Picture(to_png(image), caption),
+                heat=webapp.Picture(to_png(probability_map), "Tumour probability (dark: 0, yellow: 1)" + (
+                    "; grey outline: removed by the filters" if removed_here.any() else "")),
+                input_picture=None if view.presenter else webapp.Picture(to_png(image),
+                                                                         "Input, as the model sees it"),
+                colour=colour, opacity=opacity, style=style, presenter=view.presenter, tta=view.tta,
+            )
+    if part in (None, OVERLAY, UNCERTAINTY):
+        with number_area:
+            measurements(index)
+            removed_note(index)
+    if probabilities.std is not None and part in (None, UNCERTAINTY):
+        with picture_area if view.presenter else st.container():  # on a laptop: under the numbers
+            uncertainty_view(image, index)
 
-    if volume.n_slices > 1:
+    if volume.n_slices > 1 and part in (None, VOLUME):
         volume_views(volume, mask, size, index)
 
     stem = case.name.split(".")[0]
@@ -261,7 +295,8 @@ def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
     title = "Tumour area per slice" + (f" ({NOT_MEANINGFUL}: not brain FLAIR)" if meaningless else "")
     chart.update_layout(title=f"{title} (click a bar to jump there)", xaxis_title="slice",
                         yaxis_title="tumour pixels", height=260, margin=dict(t=40, b=40))
-    st.plotly_chart(chart, key="slice_chart", on_select=jump_to_slice, selection_mode="points")
+    st.plotly_chart(style_chart(chart, view.presenter), key="slice_chart", on_select=jump_to_slice,
+                    selection_mode="points")
 
     rows, columns = np.nonzero(mask[index]) if mask[index].any() else ([volume.shape[1] // 2], [volume.shape[2] // 2])
     st.session_state.setdefault("coronal_row", int(np.median(rows)) + 1)

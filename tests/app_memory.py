@@ -25,6 +25,18 @@ def _status_mib(field: str) -> float:
     raise KeyError(field)
 
 
+def wait_for_volumes() -> bool:
+    """Wait for the volumes being segmented in the background (AppTest never reruns the page's polling fragment,
+    so this process keeps them watched); whether there were any."""
+    from mriseg.app.webapp import pending_predictions
+
+    pending = list(pending_predictions().values())
+    for prediction in pending:
+        while not prediction.finished.wait(1.0):
+            prediction.watch("app_memory")
+    return bool(pending)
+
+
 def measure(paths: list[Path], tta: bool = False) -> list[dict]:
     """Open the app, choose "Upload a file", upload each of ``paths`` in turn; the figures of each (module doc)."""
     from streamlit.testing.v1 import AppTest
@@ -41,6 +53,8 @@ def measure(paths: list[Path], tta: bool = False) -> list[dict]:
         idle = _status_mib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
         at.file_uploader(key="upload").set_value((path.name, data, "application/octet-stream")).run()
+        if wait_for_volumes():
+            at.run()  # the final result of a volume segmented in the background
         errors = [element.value for element in at.error]
         results.append({"file": path.name, "idle_mib": round(idle),
                         "peak_over_idle_mib": round(_status_mib("VmHWM") - idle),

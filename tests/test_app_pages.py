@@ -99,7 +99,12 @@ def test_flat_dice_curve_is_explained_with_a_computed_suggestion(segmenter):
     low, high = dice_span(curves[LARGE])
     assert high - low < 0.05  # the premise: the model is sure of this tumour
     spans = {name: dice_span(curve) for name, curve in curves.items() if name != LARGE}
-    suggestion = max(spans, key=lambda name: spans[name][1] - spans[name][0])
+    # The sample whose Dice peaks most clearly between the ends: the balance point the lesson is about.
+    drops = {name: dice_span(curve)[1] - max(curve[0]["dice"], curve[-1]["dice"]) for name, curve in curves.items()
+             if name != LARGE}
+    drops = {name: drop for name, drop in drops.items() if drop >= 0.01}
+    suggestion = max(drops, key=drops.get)
+    best = max(curves[suggestion], key=lambda row: row["dice"])
 
     at = open_sample(start(), LARGE)
     at.switch_page("pages/compare.py").run()
@@ -108,12 +113,25 @@ def test_flat_dice_curve_is_explained_with_a_computed_suggestion(segmenter):
     assert note.startswith(f"On this case Dice hardly changes with the threshold ({low:.2f} to {high:.2f}): the "
                            "model is sure of almost every pixel.")
     other_low, other_high = spans[suggestion]
-    assert f"({suggestion}, Dice {other_low:.2f} to {other_high:.2f}), to see the trade-off" in note
+    assert (f"({suggestion}, Dice {other_low:.2f} to {other_high:.2f}, best {best['dice']:.2f} at threshold "
+            f"{best['threshold']:.2f}), to see the trade-off") in note
 
     at.button(key="lesson_suggestion").click().run()  # opens the suggested sample right here
     assert not at.exception, at.exception
     assert any(suggestion in c.value for c in at.caption)
     assert not any("hardly changes" in i.value for i in at.info)
+    assert not any("to see the trade-off" in i.value for i in at.info)  # it has the balance point
+
+
+def test_a_dice_curve_without_a_balance_point_is_said_so(segmenter):
+    """The smallest visible tumour: Dice only rises with the threshold, so the lesson points elsewhere."""
+    curve = gallery_curves(segmenter)["TCGA_HT_A61B_19991127_49.png"]
+    assert max(curve, key=lambda row: row["dice"]) == curve[-1]  # the premise: best at the highest threshold
+    at = open_sample(start(), "TCGA_HT_A61B_19991127_49.png")
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert any("Dice only rises as the threshold goes up" in i.value and "no balance point" in i.value
+               for i in at.info)
 
 
 def test_missed_tumour_gets_no_threshold_rescues_it(segmenter):

@@ -68,14 +68,14 @@ class TestDicom:
         assert "hold 100 bytes" in message and "100 frames of 256x256" in message and "truncated" in message
 
     def test_wide_image_from_a_few_bytes_is_refused(self):
-        data = dicom_declaring(4096, 4096, 1, 100)
+        data = dicom_declaring(2048, 2048, 1, 100)
         assert len(data) < 1000
-        assert "need 33,554,432: the file is truncated" in refusal(data, "wide.dcm")
+        assert "need 8,388,608: the file is truncated" in refusal(data, "wide.dcm")
 
     def test_999_frames_in_948_bytes_are_refused_by_their_declared_shape(self):
         data = dicom_declaring(256, 256, 999, 100)
         assert len(data) < 1000
-        assert f"999x256x256 voxels is too large (limit 4096 px a side and {MAX_VOXELS:,} voxels" in refusal(
+        assert f"999x256x256 voxels is too large (limit 2048 px a side and {MAX_VOXELS:,} voxels" in refusal(
             data, "frames.dcm")
 
     def test_excess_pixel_data_are_refused(self):
@@ -172,8 +172,8 @@ class TestImages:
         assert peak < 20 << 20  # decoded, the page alone would take 161 MiB
 
     def test_pages_within_the_side_limit_are_refused_by_their_total(self):
-        assert f"3x4096x4096 voxels is too large (limit 4096 px a side and {MAX_VOXELS:,}" in refusal(
-            tiff_pages([4096] * 3), "three.tif")
+        assert f"9x2048x2048 voxels is too large (limit 2048 px a side and {MAX_VOXELS:,}" in refusal(
+            tiff_pages([2048] * 9), "nine.tif")
 
     def test_pages_of_different_sizes_are_refused_before_decoding(self):
         assert "differ in size (64x64, then 96x96 on page 2)" in refusal(tiff_pages([64, 96]), "mixed.tif")

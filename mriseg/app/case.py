@@ -22,6 +22,9 @@ from mriseg.preprocessing import darken_masked_background, find_head
 CURVE_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 # A Dice curve whose highest and lowest points lie closer than this is "flat": the threshold hardly matters there.
 FLAT_CURVE = 0.05
+# Dice at least this much below its best at both ends of the curve: a balance point between false positives and false
+# negatives that a class can see, not noise.
+BALANCE_DROP = 0.01
 
 
 @dataclass
@@ -207,6 +210,34 @@ def widest_trade_off(curves: dict[str, list[dict]]) -> str | None:
     steep = {name: dice_range(curve)[1] - dice_range(curve)[0] for name, curve in curves.items() if
              not is_flat(curve)}
     return max(steep, key=steep.get) if steep else None
+
+
+def balance_drop(curve: list[dict]) -> float:
+    """How far Dice falls from its best on a :func:`threshold_curve` (with ground truth) to the higher of its two
+    ends: 0 when the best is an end (a curve that only rises or only falls)."""
+    return max(row["dice"] for row in curve) - max(curve[0]["dice"], curve[-1]["dice"])
+
+
+def balance_point(curve: list[dict]) -> dict | None:
+    """The row of a :func:`threshold_curve` (with ground truth) where Dice is highest, when that lies between the
+    ends with Dice at least :data:`BALANCE_DROP` lower at both: where false positives and false negatives balance.
+    None for a curve that only rises, only falls or stays level.
+
+    Example:
+        >>> balance_point([{"threshold": 0.1, "dice": 0.90}, {"threshold": 0.5, "dice": 0.94},
+        ...                {"threshold": 0.9, "dice": 0.92}])["threshold"]
+        0.5
+        >>> balance_point([{"threshold": 0.1, "dice": 0.6}, {"threshold": 0.9, "dice": 0.8}]) is None
+        True
+    """
+    return max(curve, key=lambda row: row["dice"]) if balance_drop(curve) >= BALANCE_DROP else None
+
+
+def clearest_balance(curves: dict[str, list[dict]]) -> str | None:
+    """Of several cases' Dice curves (name -> :func:`threshold_curve`), the one whose balance point stands out most;
+    None when none has one."""
+    drops = {name: balance_drop(curve) for name, curve in curves.items() if balance_point(curve) is not None}
+    return max(drops, key=drops.get) if drops else None
 
 
 def highest_probability_in_truth(probabilities: np.ndarray, truth: np.ndarray) -> float | None:

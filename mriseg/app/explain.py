@@ -88,22 +88,26 @@ DIAGRAM_FILLS = {"encoder": "#4c78a8", "bottleneck": "#b279a2", "decoder": "#f58
 DIAGRAM_TEXT = {"encoder": "white", "bottleneck": "#111111", "decoder": "#111111", "head": "#111111"}
 DIAGRAM_LINES = "#d9d9d9"
 DIAGRAM_FONT_SIZE = 16
+# Points; they size the boxes and spacing. The browser draws the text at the page's size (webapp.PRESENTER_CSS:
+# 22 px on a projector), so the boxes leave it room.
+PRESENTER_DIAGRAM_FONT_SIZE = 20
 
 
-def architecture_dot(stages: list[Stage]) -> str:
+def architecture_dot(stages: list[Stage], font_size: int = DIAGRAM_FONT_SIZE) -> str:
     """A Graphviz drawing of the U: encoders down the left, the bottleneck at the bottom, decoders up the right,
     skip connections across and the head beside the last decoder, readable on a dark page.
 
     The decoder path is written top-down with its arrows turned back, so every level of the U is one row and the
     drawing stays about as wide as it is tall (an upward chain would stack all stages in one tall column).
+    ``font_size``: the stages' text in points (the arrows' labels 2 points smaller).
     """
     lines = [
         "digraph unet {",
         'bgcolor="transparent"; rankdir=TB; nodesep=0.4; ranksep=0.35; pad=0.1;',
-        f'node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize={DIAGRAM_FONT_SIZE}, '
+        f'node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize={font_size}, '
         f'color="{DIAGRAM_LINES}", margin="0.15,0.06"];',
         f'edge [color="{DIAGRAM_LINES}", fontcolor="{DIAGRAM_LINES}", fontname="Helvetica", '
-        f"fontsize={DIAGRAM_FONT_SIZE - 2}, penwidth=1.5];",
+        f"fontsize={font_size - 2}, penwidth=1.5];",
     ]
     for stage in stages:
         label = f"{stage.name}\\n{stage.out_channels} ch, {stage.side}x{stage.side}\\n{stage.parameters:,} params"

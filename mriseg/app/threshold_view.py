@@ -137,6 +137,24 @@ def threshold_masks(probabilities: np.ndarray, postprocessing: PostprocessingCon
     return ThresholdMasks(probabilities.shape, box, bits, counts)
 
 
+def slice_threshold_masks(probabilities: np.ndarray, index: int, n_slices: int,
+                          postprocessing: PostprocessingConfig) -> ThresholdMasks:
+    """Every step's mask of slice ``index`` alone (2D filters only), placed in an ``n_slices`` volume: the preview
+    of a volume whose other slices are still being segmented.
+
+    Example:
+        >>> probabilities = np.zeros((64, 64), np.float32); probabilities[20:40, 20:40] = 0.9
+        >>> masks = slice_threshold_masks(probabilities, 3, 5, PostprocessingConfig())
+        >>> masks.shape, masks.slice_counts[:, 0].tolist()
+        ((5, 64, 64), [0, 0, 0, 400, 0])
+    """
+    alone = threshold_masks(probabilities[None], postprocessing)
+    counts = np.zeros((n_slices, len(THRESHOLD_STEPS)), np.int64)
+    counts[index] = alone.slice_counts[0]
+    box = None if alone.box is None else (slice(index, index + 1), *alone.box[1:])
+    return ThresholdMasks((n_slices, *alone.shape[1:]), box, alone.bits, counts)
+
+
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -309,6 +327,8 @@ export default function (component) {
     root.querySelector('.reading').textContent = data.not_meaningful ? 'area not meaningful: ' + data.not_meaningful
                                                                      : words;
     canvas.dataset.threshold = text;  // for tests and the benchmark: what is on screen now
+    canvas.dataset.preliminary = String(Boolean(data.preliminary));
+    canvas.dataset.pixels = String(pixels);
     canvas.dataset.drawnAt = String(performance.now());
   };
 

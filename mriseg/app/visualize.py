@@ -125,11 +125,20 @@ CHART_COLOURS = {
 MEMBER_LOSS_COLOURS = ("#d55e00", "#e69f00", "#ff9da7", "#f0e442")
 MEMBER_DICE_COLOURS = ("#56b4e9", "#009e73", "#b39ddb", "#8dd3c7")
 CHART_FONT_SIZE = 14
+PRESENTER_CHART_FONT_SIZE = 20  # a projector's back row: nothing under 18 px
 
 
-def style_chart(figure, font_size: int = CHART_FONT_SIZE):
-    """A Plotly figure with text large enough to read from the back of a class (returned for chaining)."""
-    figure.update_layout(font=dict(size=font_size))
+def style_chart(figure, presenter: bool = False):
+    """A Plotly figure with text large enough to read from the back of a class (returned for chaining): ticks,
+    legend, axis titles, text on the marks and the line labels of :func:`threshold_line` at one size, the title a
+    little larger. Each is set on its own: Streamlit's chart theme sets ticks and axis titles over the layout's font.
+    """
+    size = PRESENTER_CHART_FONT_SIZE if presenter else CHART_FONT_SIZE
+    figure.update_layout(font_size=size, title_font_size=round(size * 1.2), legend_font_size=size)
+    figure.update_xaxes(tickfont_size=size, title_font_size=size)
+    figure.update_yaxes(tickfont_size=size, title_font_size=size)
+    figure.update_annotations(font_size=size)
+    figure.update_traces(textfont_size=size, selector=lambda trace: "textfont" in trace)
     return figure
 
 

@@ -11,16 +11,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from mriseg.app import links
 from mriseg.app.access import setting
 from mriseg.app.cache import LRUCache
 from mriseg.app.case import Case, case_from_bytes, load_sample, sample_index
 from mriseg.app.explain import FeatureMaps, feature_maps
+from mriseg.app.pending import PendingPrediction
 from mriseg.app.threshold_view import (
     COMPONENT_CSS,
     COMPONENT_HTML,
@@ -139,6 +143,12 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     cached = cache.get(key)
     if cached is not None:
         return cached
+    pending = pending_predictions().get(key)
+    if pending is not None:  # the Segment page is segmenting this volume: wait for it rather than run it twice
+        _wait_for(pending, slot)
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
     slices = case.volume.n_slices
     label = model.segmenter.device_label
     bar = slot.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
@@ -153,6 +163,81 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     prediction = Prediction(probabilities, time.perf_counter() - started, label)
     cache.put(key, prediction)
     return prediction
+
+
+@st.cache_resource(show_spinner=False)
+def pending_predictions() -> dict[tuple, PendingPrediction]:
+    """Volumes being segmented in the background, server-wide, by prediction key: one thread per file."""
+    return {}
+
+
+# Held while a session looks at the caches and the pending predictions and starts one: two sessions opening the same
+# volume share one thread.
+_PENDING = threading.Lock()
+PREDICTION_ERROR = "prediction_error"  # session state: (key, message) of a background prediction that failed
+
+
+def session_id() -> str:
+    return get_script_run_ctx().session_id
+
+
+def prediction_key(model: LoadedModel, case: Case, tta: bool) -> tuple:
+    """What a prediction depends on: the file's content, the model version, the device, the mirror pass."""
+    return case.digest, model.version, str(model.segmenter.device), tta
+
+
+def prediction_or_pending(model: LoadedModel, case: Case, tta: bool = False) -> Prediction | PendingPrediction:
+    """The case's prediction; a volume of more than two batches of slices not yet segmented comes back pending.
+
+    The pending prediction runs in a background thread, middle slices first, and caches the prediction and its
+    threshold masks when done, so the page can show the middle slice within seconds and never waits for the rest.
+    Up to two batches (the gallery's 20-slice patient) the whole volume takes about as long as its middle batch.
+    """
+    if case.volume.n_slices <= 2 * model.segmenter.batch_size:
+        return predict(model, case, tta)
+    key = prediction_key(model, case, tta)
+    st.empty()  # predict()'s placeholder, so the page keeps one layout
+    failed = st.session_state.get(PREDICTION_ERROR)
+    if failed is not None and failed[0] == key:
+        st.error(f"{case.name}: segmentation failed: {failed[1]}", icon=":material/block:")
+        st.stop()
+    registry, session = pending_predictions(), session_id()
+    with _PENDING:
+        for done in [other for other, pending in registry.items() if pending.finished.is_set()]:
+            del registry[done]  # their results are in the caches (or they failed, or were abandoned)
+        pending = registry.get(key)
+        cached = prediction_cache().get(key) if pending is None else None
+        if cached is not None:
+            return cached
+        if pending is None:
+            finish = partial(_finish, key, model, prediction_cache(), threshold_cache())
+            pending = registry[key] = PendingPrediction(model.segmenter, case.volume.pixels, tta, FORWARD_PASS,
+                                                        finish)
+            pending.watch(session)
+            pending.start()
+    previous = registry.get(st.session_state.get("watched_prediction"))
+    if previous is not None and previous is not pending:
+        previous.leave(session)  # a second upload while the first is pending: the first stops unless others wait
+    st.session_state["watched_prediction"] = key
+    pending.watch(session)
+    return pending
+
+
+def _finish(key: tuple, model: LoadedModel, predictions: LRUCache, masks: LRUCache, probabilities: Probabilities,
+            seconds: float) -> None:
+    """In the pending prediction's thread: cache the prediction (other pages use it at once), then its masks."""
+    predictions.put(key, Prediction(probabilities, seconds, model.segmenter.device_label))
+    masks.put(key, threshold_masks(probabilities.mean, model.postprocessing))
+
+
+def _wait_for(pending: PendingPrediction, slot) -> None:
+    """Wait for a pending prediction in ``slot`` with a progress bar (the script's thread waits, not the server)."""
+    bar = slot.progress(0.0)
+    while not pending.finished.wait(0.25):
+        pending.watch(session_id())
+        done, total = pending.slices_done, pending.n_slices
+        bar.progress(done / total, text=f"Segmenting slice {done} of {total}…")
+    slot.empty()
 
 
 @st.cache_resource(show_spinner=False)
@@ -218,7 +303,8 @@ def _threshold_from_view() -> None:
 
 def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: float, image: Picture,
                    heat: Picture, input_picture: Picture | None = None, colour: str = "red", opacity: float = 0.45,
-                   style: str = "fill", presenter: bool = False, tta: bool = False) -> None:
+                   style: str = "fill", presenter: bool = False, tta: bool = False,
+                   preliminary: bool = False) -> None:
     """The overlay with a threshold slider that redraws in the browser; the released value becomes the threshold.
 
     Args:
@@ -232,10 +318,12 @@ def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: flo
         colour, opacity, style: how the mask is drawn (style "fill" or "contour").
         presenter: larger text, pictures sized to leave the numbers on a projector screen.
         tta: whether the probabilities include the mirror pass (part of the pictures' identity).
+        preliminary: ``masks`` are one slice's, without the 3D filter, while the volume is being segmented.
     """
     volume = case.volume
     data = {
-        "pictures_key": f"{case.digest}:{index}:{tta}",
+        "pictures_key": f"{case.digest}:{index}:{tta}:{preliminary}",
+        "preliminary": preliminary,
         "image_url": data_url(image.png),
         "masks_url": data_url(masks.slice_png(index)),
         "tiles": masks.tiles,
@@ -246,7 +334,7 @@ def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: flo
         "style": style,
         "slice_counts": masks.slice_counts[index].astype(int).tolist(),
         "not_meaningful": "this file is not brain FLAIR" if case.warnings else None,
-        "volume_counts": masks.volume_counts if volume.n_slices > 1 else None,
+        "volume_counts": masks.volume_counts if volume.n_slices > 1 and not preliminary else None,
         "pixel_area_mm2": volume.pixel_area_mm2,
         "voxel_ml": volume.voxel_volume_ml,
         "overlay_caption": image.caption,
@@ -275,11 +363,18 @@ class View:
     presenter: bool
 
 
-# Streamlit's default top margin (6rem) would push a laptop's overlay below the fold.
-BASE_CSS = "<style>.stMainBlockContainer {padding-top: 3rem;}</style>"
+# Streamlit's default top margin (6rem) would push a laptop's overlay below the fold. A metric's value wraps rather
+# than end in an ellipsis: on a laptop "1,595 px · 1,291.9 mm²" would lose its unit, or a digit.
+BASE_CSS = """<style>
+.stMainBlockContainer {padding-top: 3rem;}
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * {white-space: normal !important;
+    text-overflow: clip !important; overflow: visible !important;}
+</style>"""
 
 # Body text grows for the back row; headings and metric values keep their larger size over it (their text sits in
-# the same <p> and <span> elements, so each rule names its own elements and everything inside them).
+# the same <p> and <span> elements, so each rule names its own elements and everything inside them). Streamlit
+# draws a Graphviz diagram's text at its own small size whatever the drawing says; the drawing's boxes are sized
+# for it (explain.PRESENTER_DIAGRAM_FONT_SIZE).
 PRESENTER_CSS = """<style>
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] {display: none;}
 .stMainBlockContainer {max-width: 100%; padding-top: 4.5rem; padding-bottom: 2rem;}
@@ -290,6 +385,7 @@ header[data-testid="stHeader"] * {font-size: 1.15rem;}
 .stMainBlockContainer h2, .stMainBlockContainer h2 *, .stMainBlockContainer h3, .stMainBlockContainer h3 * {
     font-size: 2rem !important;}
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {font-size: 3rem !important;}
+[data-testid="stGraphVizChart"] svg text {font-size: 1.4rem !important;}
 </style>"""
 
 
@@ -337,6 +433,46 @@ def remember(key: str, default: object) -> None:
 def keep(key: str) -> None:
     """Keep the value the widget ``key`` has now (its ``on_change``, or after a callback moved it)."""
     st.session_state.setdefault(KEPT, {})[key] = st.session_state[key]
+    write_link()  # a fragment's widget reruns only the fragment: the address bar follows from here
+
+
+LINK_RESTORED = "link_restored"
+
+
+def restore_from_link() -> None:
+    """Once per session, before anything is drawn: show the view the URL's query parameters name (see links.py);
+    what cannot be used is left out, and :func:`sidebar` says so once."""
+    state = st.session_state
+    if state.get(LINK_RESTORED):
+        return
+    state[LINK_RESTORED] = True
+    settings, ignored = links.parse(st.query_params.to_dict(), sample_index())
+    if "sample" in settings:
+        set_case(load_sample(settings["sample"]))
+    kept = state.setdefault(KEPT, {})
+    for name in ("slice", *links.DISPLAY_DEFAULTS):
+        if name in settings:
+            kept[name] = settings[name]
+    for name in ("threshold", "tta", "presenter"):
+        if name in settings:
+            state[name] = settings[name]
+    state["link_note"] = links.ignored_note(ignored)
+
+
+def write_link() -> None:
+    """Keep the URL's query parameters on the view shown, so the address bar is always a link to it."""
+    state = st.session_state
+    if "threshold" not in state:  # nothing drawn yet (behind the class password)
+        return
+    case, kept = current_case(), state.get(KEPT, {})
+    gallery_names = {entry["image"] for entry in sample_index()}
+    sample = None if case is None or state.get("case_uploaded") or case.name not in gallery_names else case.name
+    wanted = links.query(sample, kept.get("slice") if sample and case.volume.n_slices > 1 else None,
+                         state["threshold"], {name: kept[name] for name in links.DISPLAY_DEFAULTS if name in kept},
+                         bool(state.get("tta")), bool(state.get("presenter")))
+    wanted.update({name: st.query_params[name] for name in links.CLASS_PARAMS if name in st.query_params})
+    if st.query_params.to_dict() != wanted:  # an unchanged URL is not sent again
+        st.query_params.from_dict(wanted)
 
 _ESCAPE_KEY = st.components.v2.component("mriseg_escape_key", js="""
 export default function (component) {
@@ -376,24 +512,73 @@ def sidebar(page_title: str = "") -> None:
         st.button("Presenter mode", icon=":material/co_present:", on_click=_set_presenter, args=(True,),
                   help="Large text and pictures for a projector, pages along the top, one click to the next "
                        "sample; Esc leaves it")
+        links.copy_link_button("copy_link", uploaded=bool(st.session_state.get("case_uploaded")))
         st.caption(f"Running on **{model.segmenter.device_label}**")
         st.caption(f"Model {model.version} · {model.describe_source()}")
         st.caption(DISCLAIMER)
     if st.session_state.get("presenter"):
-        presenter_toolbar(threshold_here=page_title != "Segment")
+        presenter_toolbar(threshold_here=page_title != "Segment", class_button=page_title != "Class")
+    if note := st.session_state.pop("link_note", None):
+        st.info(note, icon=":material/link_off:")
+    write_link()  # before the page, which may stop early (a volume being segmented)
 
 
-def presenter_toolbar(threshold_here: bool = True) -> None:
-    """The presenter's controls on one row: threshold (where the page has none of its own), next sample, exit."""
+def presenter_toolbar(threshold_here: bool = True, class_button: bool = True) -> None:
+    """The presenter's controls on one row, all a lesson needs without leaving presenter mode: threshold (where
+    the page has none of its own), uncertainty, a gallery sample by name, next sample, an upload, the link, exit.
+
+    The threshold and uncertainty widgets mirror the hidden sidebar's (one key cannot have two widgets).
+    """
     st.html(PRESENTER_CSS)
     _ESCAPE_KEY(key="escape_key", on_pressed_change=_leave_presenter_on_escape, height=0)
+    state = st.session_state
     with st.container(horizontal=True, vertical_alignment="bottom"):
         if threshold_here:
-            st.session_state["presenter_threshold"] = st.session_state["threshold"]
+            state["presenter_threshold"] = state["threshold"]
             st.slider("Threshold", 0.05, 0.95, step=0.01, key="presenter_threshold",
-                      on_change=_copy_presenter_threshold, width=520)
+                      on_change=_copy_presenter_threshold, width=300)
+        state["presenter_tta"] = state["tta"]
+        st.toggle("Uncertainty", key="presenter_tta", on_change=_copy_presenter_tta,
+                  help="Also segment the left-right mirrored scan and show where the two answers disagree")
+        with st.popover("Upload", icon=":material/upload_file:"):  # first: the picker then shows no stale sample
+            upload_box()
+        sample_picker()
         st.button("Next sample", icon=":material/skip_next:", on_click=open_next_sample, type="primary")
+        links.copy_link_button("presenter_copy_link", uploaded=bool(state.get("case_uploaded")), presenter=True)
+        if class_button and st.button("Start a class", icon=":material/groups:",
+                                      help="The class outlines the open sample on their own screens"):
+            state["class_start_requested"] = True  # the class page starts it on the open sample
+            st.switch_page("pages/classroom.py")
         st.button("Exit presenter mode (Esc)", icon=":material/close:", on_click=_set_presenter, args=(False,))
+
+
+def presenter_step(key: str, steps: list[str]) -> str | None:
+    """In presenter mode, the part of a long page to show, one screen each, chosen on a row of buttons under the
+    toolbar; None outside presenter mode, where the page shows every part one below the other."""
+    if not st.session_state.get("presenter"):
+        return None
+    return st.segmented_control("Part of the page", steps, key=key, default=steps[0], required=True,
+                                label_visibility="collapsed")
+
+
+def _copy_presenter_tta() -> None:
+    st.session_state["tta"] = st.session_state["presenter_tta"]
+
+
+def sample_picker() -> None:
+    """A gallery sample chosen by name opens at once; the picker shows the open sample (None for an upload)."""
+    entries = {entry["image"]: entry for entry in sample_index()}
+    case = current_case()
+    open_name = case.name if case is not None and not st.session_state.get("case_uploaded") else None
+    st.session_state["sample_picker"] = open_name if open_name in entries else None
+    st.selectbox("Sample", list(entries), key="sample_picker", format_func=lambda name: sample_label(entries[name]),
+                 placeholder="Open a sample…", on_change=_open_picked_sample, width=270)
+
+
+def _open_picked_sample() -> None:
+    chosen = st.session_state["sample_picker"]
+    if chosen is not None:
+        set_case(load_sample(next(entry for entry in sample_index() if entry["image"] == chosen)))
 
 
 def open_next_sample() -> None:

@@ -41,7 +41,9 @@ ZIP_EXTENSIONS = (".zip",)
 SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS + ZIP_EXTENSIONS
 
 MIN_SIDE = 32
-MAX_SIDE = 4096
+# MRI slices are 256-1024 px a side; the app's pictures of one slice cost about 85 bytes a pixel (a 4096x4096 slice
+# took a session to +1.4 GiB), so 2048 px keeps one slice within the budget below.
+MAX_SIDE = 2048
 # The most one visitor's session of the app may cost: 30-40 students share a 24 GiB server.
 SESSION_MEMORY_BUDGET = 1 << 30
 # After decoding, the app holds about 30 bytes a voxel (pixels, probabilities, packed threshold masks), so a session
