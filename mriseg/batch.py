@@ -44,6 +44,8 @@ from distributed import WorkerPlugin
 from mriseg.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mriseg.data.io import Volume
     from mriseg.inference import Segmenter
 
@@ -51,7 +53,7 @@ SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("input", "series_uid", "mask", "slices", "tumour_voxels", "volume_ml", "seconds", "status",
                    "message", "warnings")
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-PNG_SUFFIX, NIFTI_SUFFIX = "_mask.png", "_mask.nii.gz"
+PNG_SUFFIX, NIFTI_SUFFIX, SEG_SUFFIX = "_mask.png", "_mask.nii.gz", "_seg.dcm"
 # Tasks handed to the cluster ahead of the results, per worker thread: enough that no worker waits for the client
 # to read the next file, few enough that a huge archive is not read into memory (and sent) at once.
 AHEAD_PER_THREAD = 2
@@ -88,12 +90,14 @@ class BatchCase:
 
 @dataclass
 class CaseResult:
-    """What :func:`segment_case` returns: the mask file's bytes and the numbers of the summary row."""
+    """What :func:`segment_case` returns: the mask file's bytes (and a DICOM scan's DICOM SEG) and the numbers of the
+    summary row."""
 
     status: str
     message: str = ""
     mask: bytes | None = None
     mask_suffix: str = ""
+    seg: bytes | None = None
     slices: int | None = None
     tumour_voxels: int | None = None
     volume_ml: float | None = None
@@ -302,14 +306,20 @@ def cached_segmenter(weights: str | Path, *, sha256: str | None = None, device: 
     key = (str(weights), sha256 or "", device, precision)
     with _LOAD_LOCK:  # a worker with several threads: one loads, the others wait for it
         if key not in _SEGMENTERS:
-            folder = _SHIPPED.get((str(weights), sha256 or ""), str(weights))
-            if not Path(folder, "config.json").exists():  # a worker's copy gone with its scratch space
-                folder = str(weights)
+            folder = local_weights(weights, sha256)
             recorded = read_config(folder).get("weights_sha256")
             if sha256 and recorded != sha256:
                 raise InputError(f"{folder}: its weights (sha256 {recorded}) are not the ones asked for ({sha256})")
             _SEGMENTERS[key] = load_segmenter(folder, device=device, precision=precision)
         return _SEGMENTERS[key]
+
+
+def local_weights(weights: str | Path, sha256: str | None = None) -> str:
+    """The weights folder to read here: the copy :class:`WeightsPlugin` put on this worker, else ``weights``."""
+    folder = _SHIPPED.get((str(weights), sha256 or ""), str(weights))
+    if not Path(folder, "config.json").exists():  # a worker's copy gone with its scratch space
+        folder = str(weights)
+    return folder
 
 
 def size_text(size: dict, volume: Volume) -> str:
@@ -363,15 +373,29 @@ def segment_case(data: bytes | list[tuple[str, bytes]], name: str, *, weights: s
             encoded, suffix = mask_to_png(mask[0]), PNG_SUFFIX
         else:
             encoded, suffix = mask_to_nifti(mask, volume), NIFTI_SUFFIX
+        seg, seg_problem = dicom_seg_of(mask, volume, local_weights(weights, sha256))
         size = tumour_size(mask, volume)
     except InputError as error:
         return CaseResult(FAILED, str(error), seconds=time.perf_counter() - start)
     except Exception as error:  # an archive holds files nobody foresaw: record it, go on with the next case
         return CaseResult(FAILED, f"{name}: unexpected {type(error).__name__}: {error}",
                           seconds=time.perf_counter() - start)
-    return CaseResult(OK, mask=encoded, mask_suffix=suffix, slices=volume.n_slices, tumour_voxels=size["pixels"],
-                      volume_ml=size["volume_ml"], seconds=time.perf_counter() - start, warnings=warnings,
-                      size_text=size_text(size, volume))
+    return CaseResult(OK, mask=encoded, mask_suffix=suffix, seg=seg, slices=volume.n_slices,
+                      tumour_voxels=size["pixels"], volume_ml=size["volume_ml"], seconds=time.perf_counter() - start,
+                      warnings=warnings + seg_problem, size_text=size_text(size, volume))
+
+
+def dicom_seg_of(mask: np.ndarray, volume: Volume, weights: str) -> tuple[bytes | None, tuple[str, ...]]:
+    """A DICOM scan's mask as a DICOM SEG (None for other scans), or None and why it could not be made."""
+    from mriseg.data.io import mask_to_dicom_seg
+    from mriseg.weights.bundle import model_version, read_config
+
+    if volume.dicom_headers is None:
+        return None, ()
+    try:
+        return mask_to_dicom_seg(mask, volume, model_version=model_version(read_config(weights))), ()
+    except InputError as error:  # the NIfTI mask is written all the same
+        return None, (str(error),)
 
 
 def read_case(case: BatchCase) -> bytes | list[tuple[str, bytes]]:
@@ -663,6 +687,8 @@ def run_batch(inputs: Sequence[str | Path], out: str | Path, *, settings: ModelS
                 if result.status == OK:
                     target = out / f"{case.key}{result.mask_suffix}"
                     _write_atomically(target, result.mask)
+                    if result.seg is not None:
+                        _write_atomically(out / f"{case.key}{SEG_SUFFIX}", result.seg)
                     report.ok += 1
                     _print(f"{case.label}: {result.size_text} -> {target}")
                 else:

@@ -23,7 +23,8 @@ from mriseg.app.visualize import (
     style_chart,
     to_png,
 )
-from mriseg.data.io import mask_to_nifti, mask_to_png
+from mriseg.data.dicom_seg import missing_references
+from mriseg.data.io import mask_to_dicom_seg, mask_to_nifti, mask_to_png
 from mriseg.metrics import tumour_size
 from mriseg.postprocessing import removed_regions
 
@@ -257,7 +258,7 @@ def result_view() -> None:
         volume_views(volume, mask, size, index)
 
     stem = case.name.split(".")[0]
-    downloads = st.columns(3)
+    downloads = st.columns(4 if volume.dicom_headers is not None else 3)
     # A scan placed in scanner space (NIfTI, DICOM) gets its mask back in that space, even a single slice.
     if volume.n_slices == 1 and volume.affine is None:
         downloads[0].download_button("Mask (PNG)", mask_to_png(mask[0]), f"{stem}_mask.png", "image/png")
@@ -273,6 +274,20 @@ def result_view() -> None:
     downloads[1].download_button("Overlay (PNG)", to_png(large), name, "image/png")
     downloads[2].download_button("Measurements (CSV)", partial(measurements_csv, case, mask, threshold),
                                  f"{stem}_measurements.csv", "text/csv")
+    if volume.dicom_headers is not None:
+        dicom_seg_download(downloads[3], mask, volume, stem)
+
+
+def dicom_seg_download(column, mask: np.ndarray, volume, stem: str) -> None:
+    """A DICOM scan's mask as a DICOM SEG that references its series (PACS, OHIF, 3D Slicer), made when asked for;
+    a series stripped of the UIDs a SEG references gets a line saying so instead."""
+    missing = missing_references(volume.dicom_headers)
+    if missing:
+        column.caption(f"No DICOM SEG: the series has no {', '.join(missing)}. The NIfTI mask opens in 3D Slicer.")
+        return
+    column.download_button("Mask (DICOM SEG)", partial(mask_to_dicom_seg, mask, volume, model_version=model.version),
+                           f"{stem}_seg.dcm", "application/dicom",
+                           help="Opens over its series in OHIF, 3D Slicer or a PACS (Orthanc, say).")
 
 
 def mark_slice(picture: np.ndarray, index: int, n_slices: int) -> None:

@@ -38,9 +38,11 @@ def mr_dataset(sop_class: str):
 def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0, spacing=(0.5, 0.5),
                position: tuple[float, float, float] | None = None, instance: int = 1, frames: bool = False,
                window: tuple[float, float] | None = None,
-               orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), series: str | None = None) -> bytes:
+               orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0), series: str | None = None,
+               **attributes) -> bytes:
     """A real DICOM file (MR, 16-bit unsigned) written with pydicom; ``orientation`` (ImageOrientationPatient) is
-    written with ``position``, and ``spacing=None`` leaves PixelSpacing out."""
+    written with ``position``, ``spacing=None`` leaves PixelSpacing out, and ``attributes`` (keyword: value) are
+    written as they are."""
     from pydicom.uid import MRImageStorage
 
     pixels = np.asarray(pixels, dtype=np.uint16)
@@ -66,6 +68,8 @@ def make_dicom(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0
     if position is not None:
         ds.ImagePositionPatient = list(position)
         ds.ImageOrientationPatient = [float(value) for value in orientation]
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import nibabel as nib
 import numpy as np
@@ -223,3 +224,25 @@ def test_single_slice_nifti_mask_downloads_as_nifti(slice_samples):
     upload(at, "upload", "slice.nii", data)
     labels = [button.proto.label for button in at.get("download_button")]
     assert "Mask (NIfTI)" in labels and "Mask (PNG)" not in labels
+
+
+@pytest.mark.parametrize("anonymised", [False, True])
+def test_a_dicom_series_offers_its_mask_as_dicom_seg(anonymised):
+    from dicom_helpers import PLANES, blob_volume, series_zip, stack
+    from pydicom.uid import generate_uid
+
+    uids = {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid()}
+    if not anonymised:
+        uids["FrameOfReferenceUID"] = generate_uid()
+    at = start()
+    at.radio(key="source").set_value("Upload a file").run()
+    upload(at, "upload", "series.zip", series_zip(*stack(blob_volume(), *PLANES["sagittal"]), **uids))
+    for _ in range(120):  # a volume is segmented in the background; the page shows the result once it is done
+        if at.get("download_button"):
+            break
+        time.sleep(0.5)
+        at.run()
+    labels = [button.proto.label for button in at.get("download_button")]
+    assert "Mask (NIfTI)" in labels
+    assert ("Mask (DICOM SEG)" in labels) != anonymised
+    assert any("No DICOM SEG: the series has no FrameOfReferenceUID" in c.value for c in at.caption) == anonymised

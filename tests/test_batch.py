@@ -32,6 +32,8 @@ from mriseg.data.io import read_dicom_files, read_mask, read_volume
 
 SERIES_A = "1.2.826.0.1.3680043.8.498.101"  # the loose FLAIR series, files without extension
 SERIES_B = "1.2.826.0.1.3680043.8.498.202"  # a second series in the same folder, .dcm files
+# Series A has the study and frame of reference a DICOM SEG references; series B, anonymised, has neither.
+STUDY_A, FRAME_OF_REFERENCE_A = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12"
 SPACING = (0.8, 0.8, 3.0)
 
 
@@ -47,13 +49,14 @@ def nifti_bytes(slices: np.ndarray) -> bytes:
     return nib.Nifti1Image(ras.astype(np.int16), np.diag([*SPACING, 1.0])).to_bytes()
 
 
-def series_files(slices: np.ndarray, uid: str, number: int | None = None, description: str | None = None
-                 ) -> list[bytes]:
-    """One DICOM file per slice of one series (pydicom), placed 3 mm apart."""
+def series_files(slices: np.ndarray, uid: str, number: int | None = None, description: str | None = None,
+                 **attributes) -> list[bytes]:
+    """One DICOM file per slice of one series (pydicom), placed 3 mm apart, with ``attributes`` in each."""
     files = []
     for index, image in enumerate(slices):
         dataset = pydicom.dcmread(io.BytesIO(make_dicom(image, spacing=SPACING[:2], instance=index + 1, series=uid,
-                                                        position=(-100.0, -100.0, SPACING[2] * index))))
+                                                        position=(-100.0, -100.0, SPACING[2] * index),
+                                                        **attributes)))
         if number is not None:
             dataset.SeriesNumber = number
         if description is not None:
@@ -72,7 +75,7 @@ def archive(tmp_path_factory, sample_volume, slice_samples) -> Path:
         pngs/<two slices>.png  real PNG slices of the gallery
         pngs/colour.png        a colour picture: segmented, with the input check's warning
         dicom/IM0001..IM0004   a loose series without file extensions (series 3, "AX FLAIR")
-        dicom/b_001..003.dcm   a second series (no number or description)
+        dicom/b_001..003.dcm   a second series (no number or description, no study or frame of reference)
         broken.nii.gz          not gzip at all
         notes.txt              no scan: skipped
     """
@@ -88,7 +91,8 @@ def archive(tmp_path_factory, sample_volume, slice_samples) -> Path:
     phantom = head_phantom(128, 3)
     cv2.imwrite(str(root / "pngs" / "colour.png"), np.dstack([phantom * 0.3, phantom, phantom * 2]).clip(0, 255)
                 .astype(np.uint8))
-    for index, content in enumerate(series_files(pixels[9:13], SERIES_A, 3, "AX FLAIR"), start=1):
+    for index, content in enumerate(series_files(pixels[9:13], SERIES_A, 3, "AX FLAIR", StudyInstanceUID=STUDY_A,
+                                                 FrameOfReferenceUID=FRAME_OF_REFERENCE_A), start=1):
         (root / "dicom" / f"IM{index:04d}").write_bytes(content)
     phantom = np.stack([head_phantom(96, seed) * 20 for seed in range(3)])
     for index, content in enumerate(series_files(phantom, SERIES_B), start=1):
@@ -206,6 +210,21 @@ def test_predict_segments_a_folder_into_a_mirrored_tree_with_a_summary(first_run
     written = nib.load(out / series["mask"])
     np.testing.assert_allclose(written.affine, read_dicom_files(files, "series").affine)
     assert int(series["tumour_voxels"]) > 0  # the FLAIR slices hold the gallery patient's tumour
+
+
+def test_a_dicom_series_gets_a_dicom_seg_beside_its_nifti_mask(first_run, archive):
+    import highdicom as hd
+
+    out, result = first_run
+    seg = hd.seg.segread(out / "dicom" / "series3_AX-FLAIR_seg.dcm")
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID) == (STUDY_A, FRAME_OF_REFERENCE_A)
+    assert {series for _, series, _ in seg.get_source_image_uids()} == {SERIES_A}
+    nifti = np.asarray(nib.load(out / "dicom" / "series3_AX-FLAIR_mask.nii.gz").dataobj) > 0
+    assert int(seg.pixel_array.sum()) == int(nifti.sum()) > 0
+    # The anonymised series: its NIfTI mask, no SEG, and a warning that says why.
+    assert not list((out / "dicom").glob(f"series_{SERIES_B}_seg.dcm"))
+    assert f"series_{SERIES_B}_mask.nii.gz" in {path.name for path in (out / "dicom").iterdir()}
+    assert "no DICOM SEG: the series has no StudyInstanceUID, FrameOfReferenceUID" in result.stderr
 
 
 @pytest.mark.slow  # the model, or the CLI in a subprocess

@@ -100,6 +100,8 @@ class Volume:
             back lands where the image is in scanner space.
         stored_grid: for NIfTI input, the file's own voxel order and affine: :func:`mask_to_nifti` writes masks in
             it, so a mask's array lines up voxel for voxel with the input's.
+        dicom_headers: for DICOM input, each file's header without its pixel data: what a DICOM SEG of the mask
+            references (:func:`mriseg.data.dicom_seg.mask_to_dicom_seg`).
     """
 
     pixels: np.ndarray
@@ -107,6 +109,7 @@ class Volume:
     source: dict = field(default_factory=dict)
     affine: np.ndarray | None = None
     stored_grid: StoredGrid | None = None
+    dicom_headers: list[Dataset] | None = None
 
     @property
     def n_slices(self) -> int:
@@ -375,7 +378,7 @@ def _unzip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, left: int, fi
 def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str) -> Volume:
 
     """The DICOM files of one scan (content, parsed header) as axial slices with their scanner-space affine."""
-    from mriseg.data import dicom
+    from mriseg.data import dicom, dicom_seg
 
     datasets = [dataset for _, dataset in images]
     _check_shape(filename, dicom.series_shape(datasets, filename))  # before any pixel is decoded
@@ -385,17 +388,18 @@ def _dicom_volume(images: list[tuple[bytes, Dataset]], filename: str, kind: str)
                                              "modality": str(datasets[0].get("Modality", "")).upper() or None})
     if not dicom.records_pixel_spacing(datasets[0]):
         volume.spacing = None  # the geometry's 1 mm stands in for an unknown size: sizes stay in pixels
+    volume.dicom_headers = [dicom_seg.header(content) for content, _ in images]
     return volume
 
 
-def _ras_to_slices(array: np.ndarray) -> np.ndarray:
+def ras_to_slices(array: np.ndarray) -> np.ndarray:
     """RAS+ (x to the patient's right, y anterior, z superior) -> axial slices shown the radiological way:
     anterior at the top, the patient's right on the image's left."""
     return np.ascontiguousarray(np.transpose(array, (2, 1, 0))[:, ::-1, ::-1])
 
 
-def _slices_to_ras(slices: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_ras_to_slices`."""
+def slices_to_ras(slices: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`ras_to_slices`."""
     return np.ascontiguousarray(np.transpose(slices[:, ::-1, ::-1], (2, 1, 0)))
 
 
@@ -440,7 +444,7 @@ def _axial_volume(image: Nifti1Image, filename: str, source: dict,
     voxel = nib.affines.voxel_sizes(canonical.affine)
     spacing = (float(voxel[1]), float(voxel[0]), float(voxel[2]))
     grid = None if stored_shape is None else StoredGrid(image.affine, tuple(stored_shape), orientation)
-    return Volume(_ras_to_slices(array), spacing, {**source, "plane": plane}, canonical.affine, grid)
+    return Volume(ras_to_slices(array), spacing, {**source, "plane": plane}, canonical.affine, grid)
 
 
 def _float32_slices(dataobj) -> np.ndarray:
@@ -767,7 +771,7 @@ def mask_to_nifti(mask: np.ndarray, volume: Volume) -> bytes:
     import nibabel as nib
     from nibabel import orientations
 
-    ras = _slices_to_ras(np.asarray(mask, dtype=np.uint8))
+    ras = slices_to_ras(np.asarray(mask, dtype=np.uint8))
     grid = volume.stored_grid
     if grid is not None:
         to_file = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), grid.orientation)
@@ -781,3 +785,18 @@ def mask_to_nifti(mask: np.ndarray, volume: Volume) -> bytes:
     image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
     image.header["descrip"] = description
     return gzip.compress(image.to_bytes(), compresslevel=6)
+
+
+def mask_to_dicom_seg(mask: np.ndarray, volume: Volume, *, model_version: str) -> bytes:
+    """A (slices, H, W) mask of a DICOM volume as a DICOM SEG that references its source series.
+
+    Raises:
+        InputError: the volume is not DICOM, or its series lacks what a SEG must reference
+            (:func:`mriseg.data.dicom_seg.mask_to_dicom_seg`).
+    """
+    from mriseg.data import dicom_seg
+
+    if volume.dicom_headers is None or volume.affine is None:
+        raise InputError("a DICOM SEG can only be made for a DICOM scan; this one has a NIfTI or PNG mask")
+    return dicom_seg.mask_to_dicom_seg(slices_to_ras(np.asarray(mask, dtype=bool)), volume.affine,
+                                       volume.dicom_headers, model_version=model_version)

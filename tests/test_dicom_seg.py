@@ -1,0 +1,91 @@
+"""DICOM SEG: a mask written for a DICOM series, read back with highdicom and pydicom, lies on the source frames it
+references, in their plane, with their positions and orientation."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_helpers import PLANES, blob_volume, series_zip, stack
+from pydicom.uid import generate_uid
+
+from mriseg.data.io import mask_to_dicom_seg, read_volume
+from mriseg.errors import InputError
+
+BLOB = 500  # the test volume's blob is 900, its texture at most 200
+
+
+def references() -> dict[str, str]:
+    """The UIDs a scanner gives every file of one series."""
+    return {"StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(),
+            "FrameOfReferenceUID": generate_uid(), "PatientID": "PHANTOM-1", "SeriesDescription": "FLAIR"}
+
+
+def source_files(data: bytes) -> dict[str, pydicom.Dataset]:
+    """The series' files by SOPInstanceUID."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        files = [pydicom.dcmread(io.BytesIO(archive.read(name))) for name in archive.namelist()]
+    return {str(dataset.SOPInstanceUID): dataset for dataset in files}
+
+
+@pytest.mark.parametrize("plane", ["axial", "sagittal", "coronal"])
+def test_seg_frames_lie_on_the_source_frames_they_reference(plane):
+    import highdicom as hd
+
+    uids = references()
+    data = series_zip(*stack(blob_volume(), *PLANES[plane]), **uids)
+    volume = read_volume(data, f"{plane}.zip")
+    mask = volume.pixels > BLOB
+    seg = hd.seg.segread(io.BytesIO(mask_to_dicom_seg(mask, volume, model_version="0123abcd")))
+    sources = source_files(data)
+
+    assert seg.Modality == "SEG"
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID) == (uids["StudyInstanceUID"],
+                                                               uids["FrameOfReferenceUID"])
+    assert {series for _, series, _ in seg.get_source_image_uids()} == {uids["SeriesInstanceUID"]}
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "0123abcd"
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    marked = 0
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = sources[uid]
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                                   source.ImagePositionPatient, atol=1e-3)
+        np.testing.assert_allclose(orientation, source.ImageOrientationPatient, atol=1e-6)
+        # The frame is the blob as the source image shows it: no flipped or swapped axis.
+        np.testing.assert_array_equal(seg.pixel_array[index] > 0, source.pixel_array > BLOB)
+        marked += int(seg.pixel_array[index].sum())
+    # Only frames with tumour are stored, and together they hold the whole mask.
+    assert len(seg.PerFrameFunctionalGroupsSequence) == sum((d.pixel_array > BLOB).any() for d in sources.values())
+    assert marked == mask.sum()
+
+
+def test_an_empty_mask_is_still_a_valid_seg():
+    import highdicom as hd
+
+    data = series_zip(*stack(blob_volume(), *PLANES["axial"]), **references())
+    volume = read_volume(data, "axial.zip")
+    seg = hd.seg.segread(io.BytesIO(mask_to_dicom_seg(np.zeros(volume.shape, bool), volume, model_version="v")))
+    assert not seg.pixel_array.any()
+
+
+def test_a_series_without_its_uids_gets_a_message_naming_them():
+    uids = references()
+    del uids["FrameOfReferenceUID"]
+    data = series_zip(*stack(blob_volume(), *PLANES["axial"]), **uids)
+    volume = read_volume(data, "anonymised.zip")
+    with pytest.raises(InputError, match="no FrameOfReferenceUID"):
+        mask_to_dicom_seg(volume.pixels > BLOB, volume, model_version="v")
+
+
+def test_only_dicom_scans_get_a_seg():
+    from helpers import SAMPLES
+
+    volume = read_volume((SAMPLES / "TCGA_HT_8563_19981209_11.png").read_bytes(), "slice.png")
+    with pytest.raises(InputError, match="only be made for a DICOM scan"):
+        mask_to_dicom_seg(np.zeros(volume.shape, bool), volume, model_version="v")
