@@ -19,10 +19,10 @@ from mriseg.app.visualize import (
     heatmap,
     near_threshold,
     overlay,
-    reformat,
     style_chart,
     to_png,
 )
+from mriseg.app.volume_viewer import volume_viewer
 from mriseg.data.dicom_seg import missing_references
 from mriseg.data.io import mask_to_dicom_seg, mask_to_nifti, mask_to_png
 from mriseg.metrics import tumour_size
@@ -192,13 +192,14 @@ def uncertainty_view(image: np.ndarray, index: int) -> None:
                      "the threshold (cyan): a small move of the slider flips them", width="stretch")
 
 
-OVERLAY, UNCERTAINTY, VOLUME = "Overlay", "Uncertainty", "Slices and planes"
+OVERLAY, UNCERTAINTY, SLICES, VIEWER = "Overlay", "Uncertainty", "Slices", "Three planes and 3D"
 
 
 def presenter_part(probabilities) -> str | None:
     """On a projector, one part of the result at a time, each within the screen: the overlay, where the model is
-    unsure (with uncertainty on), the whole volume; None (everything) off the projector or with nothing to choose."""
-    parts = [OVERLAY] + [UNCERTAINTY] * (probabilities.std is not None) + [VOLUME] * (case.volume.n_slices > 1)
+    unsure (with uncertainty on), the tumour slice by slice, the volume viewer; None (everything) off the projector or
+    with nothing to choose."""
+    parts = [OVERLAY] + [UNCERTAINTY] * (probabilities.std is not None) + [SLICES, VIEWER] * (case.volume.n_slices > 1)
     return webapp.presenter_step("segment_part", parts) if len(parts) > 1 else None
 
 
@@ -254,8 +255,10 @@ def result_view() -> None:
         with picture_area if view.presenter else st.container():  # on a laptop: under the numbers
             uncertainty_view(image, index)
 
-    if volume.n_slices > 1 and part in (None, VOLUME):
-        volume_views(volume, mask, size, index)
+    if volume.n_slices > 1 and part in (None, SLICES):
+        slice_chart(volume, size, index)
+    if volume.n_slices > 1 and part in (None, VIEWER):
+        viewer(volume, mask, index)
 
     stem = case.name.split(".")[0]
     downloads = st.columns(4 if volume.dicom_headers is not None else 3)
@@ -290,21 +293,14 @@ def dicom_seg_download(column, mask: np.ndarray, volume, stem: str) -> None:
                            help="Opens over its series in OHIF, 3D Slicer or a PACS (Orthanc, say).")
 
 
-def mark_slice(picture: np.ndarray, index: int, n_slices: int) -> None:
-    """Draw a dashed yellow line across a reformat (slice 1 at the bottom) where axial slice ``index`` lies."""
-    row = min(picture.shape[0] - 1, int((n_slices - 1 - index + 0.5) * picture.shape[0] / n_slices))
-    dashes = (np.arange(picture.shape[1]) // 6) % 2 == 0
-    picture[row, dashes] = (240, 180, 41)
-
-
 def jump_to_slice() -> None:
     """A bar of the per-slice chart was clicked: show (and keep) its slice."""
     webapp.slice_jumper("slice_chart", "slice")()
     webapp.keep("slice")
 
 
-def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
-    """Per-slice tumour area (click a bar to go there) and sagittal/coronal reformats."""
+def slice_chart(volume, size: dict, index: int) -> None:
+    """Per-slice tumour area; click a bar to go there."""
     chart = go.Figure(go.Bar(x=list(range(1, volume.n_slices + 1)), y=size["slice_pixels"],
                              marker_color=["#f0b429" if i == index else "#4c78a8" for i in range(volume.n_slices)]))
     title = "Tumour area per slice" + (f" ({NOT_MEANINGFUL}: not brain FLAIR)" if meaningless else "")
@@ -313,24 +309,26 @@ def volume_views(volume, mask: np.ndarray, size: dict, index: int) -> None:
     st.plotly_chart(style_chart(chart, view.presenter), key="slice_chart", on_select=jump_to_slice,
                     selection_mode="points")
 
+
+def viewer(volume, mask: np.ndarray, index: int) -> None:
+    """The volume viewer: three planes linked by a crosshair and a 3D rendering, the threshold moving in the
+    browser."""
+    masks = webapp.masks_for_every_threshold(model, case, prediction, view.tta)
+    files = webapp.volume_viewer_files(model, case, masks, view.tta)
+    if files.inexact_voxels:
+        st.caption(f"At {files.inexact_voxels:,} voxels the 3D viewer's outline may differ from the slices' at some "
+                   "thresholds (the 3D filter drops and keeps them again as the threshold moves).")
+    kept = st.session_state.get(webapp.KEPT, {})
+    # The crosshair starts on the slice shown, through the middle of its tumour (or of the slice).
     rows, columns = np.nonzero(mask[index]) if mask[index].any() else ([volume.shape[1] // 2], [volume.shape[2] // 2])
-    st.session_state.setdefault("coronal_row", int(np.median(rows)) + 1)
-    st.session_state.setdefault("sagittal_column", int(np.median(columns)) + 1)
-    sliders = st.columns(2)
-    row = sliders[0].slider("Coronal plane (image row)", 1, volume.shape[1], key="coronal_row") - 1
-    column = sliders[1].slider("Sagittal plane (image column)", 1, volume.shape[2], key="sagittal_column") - 1
-    # Without spacing, a typical FLAIR protocol's ~4:1 slice-to-pixel ratio keeps the picture readable.
-    stretch = 4.0 if volume.spacing is None else volume.spacing[2] / volume.spacing[0]
-    pictures = st.columns(2)
-    for picture, plane, position in ((pictures[0], "coronal", row), (pictures[1], "sagittal", column)):
-        image = reformat(volume.pixels, plane, position, stretch)
-        outline = reformat(mask, plane, position, stretch) > 0.5  # one plane converted, not the whole volume
-        drawn = overlay(display_image(image), outline, "red", style="contour")
-        mark_slice(drawn, index, volume.n_slices)
-        picture.image(drawn, caption=f"{plane.capitalize()} reformat, top of the head up; the dashed line is "
-                      f"slice {index + 1}", width="stretch")
+    crosshair = (index, int(np.median(rows)), int(np.median(columns)))
+    volume_viewer(volume, files, threshold, crosshair, colour=kept.get("colour", "red"),
+                  opacity=kept.get("opacity", DISPLAY_DEFAULTS["opacity"]), presenter=view.presenter,
+                  on_threshold_change=webapp.threshold_from_volume_viewer)
+    if st.session_state.pop("threshold_moved_in_view", False):
+        st.rerun()
     if volume.spacing is None:
-        st.caption("This file records no slice spacing: the reformats assume slices 4 times thicker than a pixel, "
+        st.caption("This file records no voxel spacing: the 3D viewer assumes slices 4 times thicker than a pixel, "
                    "for display only; proportions may be off.")
 
 

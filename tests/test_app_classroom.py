@@ -110,19 +110,24 @@ def test_presenter_mode_next_sample_other_pages_and_exit(segmenter):
     assert not [s for s in at.slider if s.key == "presenter_threshold"]
 
 
-def test_volume_reformats_and_slice_chart(segmenter):
+def test_volume_viewer_starts_on_the_tumour_of_the_slice_shown_and_slice_chart(segmenter):
+    from mriseg.app.threshold_view import step_of
+
     entry = entry_of("volume")
     at = open_sample(start(), entry["image"])
     case = load_sample(entry)
-    mask = expected_mask(segmenter, case.volume.pixels, at.slider(key="threshold").value)
+    threshold = at.slider(key="threshold").value
+    mask = expected_mask(segmenter, case.volume.pixels, threshold)
     index = at.slider(key="slice").value - 1
     rows, columns = np.nonzero(mask[index])
-    assert at.slider(key="coronal_row").value == int(np.median(rows)) + 1
-    assert at.slider(key="sagittal_column").value == int(np.median(columns)) + 1
-    captions = image_captions(at)
-    line = f"the dashed line is slice {index + 1}"
-    assert f"Coronal reformat, top of the head up; {line}" in captions
-    assert f"Sagittal reformat, top of the head up; {line}" in captions
+    viewer = next(element for element in at.get("bidi_component")
+                  if element.proto.component_name == "mriseg.volume_viewer")
+    data = json.loads(viewer.proto.json)
+    _, height, width = mask.shape
+    # RAS voxel order: x from the image's right edge, y from its bottom, z the slice.
+    assert data["crosshair"] == [width - 1 - int(np.median(columns)), height - 1 - int(np.median(rows)), index]
+    assert data["step"] == step_of(threshold)
+    assert data["scan_url"] != data["overlay_url"] and data["scan_url"].endswith(".gz")  # media files, not data
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert chart["data"][0]["y"] == mask.reshape(len(mask), -1).sum(axis=1).tolist()
 

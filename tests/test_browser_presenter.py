@@ -148,8 +148,12 @@ def test_every_page_fits_a_projector_and_reads_from_the_back_row(server, browser
     check_screen(page, "segment-volume-uncertainty", page.locator("canvas.overlay"), metric)
     step(page, "Uncertainty")
     check_screen(page, "segment-uncertainty", page.get_by_test_id("stImage").last, metric)
-    step(page, "Slices and planes")
+    step(page, "Slices")
     check_screen(page, "segment-volume-slices", page.locator(".st-key-slice_chart"))
+    step(page, "Three planes and 3D")
+    viewer = page.locator("canvas[data-ready='1']")
+    expect(viewer).to_have_count(1, timeout=60_000)
+    check_screen(page, "segment-volume-viewer", viewer, page.get_by_text(re.compile(r"^Tumour at threshold .* voxels")))
 
     page.get_by_role("link", name="Compare with ground truth").click()
     step(page, "Threshold lesson")

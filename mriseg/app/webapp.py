@@ -36,6 +36,7 @@ from mriseg.app.threshold_view import (
     step_of,
     threshold_masks,
 )
+from mriseg.app.volume_viewer import ViewerFiles, viewer_files
 from mriseg.errors import InputError
 from mriseg.inference import Probabilities, Segmenter
 from mriseg.postprocessing import PostprocessingConfig, binarize
@@ -279,6 +280,33 @@ def masks_for_every_threshold(model: LoadedModel, case: Case, prediction: Predic
             masks = threshold_masks(prediction.probabilities.mean, model.postprocessing)
         cache.put(key, masks)
     return masks
+
+
+@st.cache_resource
+def viewer_cache() -> LRUCache:
+    """The volume viewer's files (the scan and the masks' code, gzipped): about 1 MB a BraTS-size volume."""
+    return LRUCache(PREDICTION_CACHE_ENTRIES, 128 << 20,
+                    size_of=lambda files: len(files.scan) + len(files.code))
+
+
+def volume_viewer_files(model: LoadedModel, case: Case, masks: ThresholdMasks, tta: bool) -> ViewerFiles:
+    """The files the volume viewer fetches for this case; made once per prediction, shared by every session."""
+    key = (case.digest, model.version, str(model.segmenter.device), tta)
+    cache = viewer_cache()
+    files = cache.get(key)
+    if files is None:
+        files = viewer_files(case.volume, masks)
+        cache.put(key, files)
+    return files
+
+
+def threshold_from_volume_viewer() -> None:
+    """The volume viewer's slider was released: its value becomes the shared threshold, and the whole page reruns
+    (the viewer sits in a fragment, whose own rerun would leave the page's numbers behind)."""
+    chosen = st.session_state["volume_viewer"]["threshold"]
+    if chosen is not None:
+        st.session_state["threshold"] = float(chosen)
+        st.session_state["threshold_moved_in_view"] = True
 
 
 _THRESHOLD_VIEW = st.components.v2.component("mriseg_threshold_view", html=COMPONENT_HTML, css=COMPONENT_CSS,
