@@ -5,7 +5,7 @@ import logging
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
-from mriseg.app import access, webapp
+from mriseg.app import access, classroom, webapp
 from mriseg.errors import InputError
 
 log = logging.getLogger("mriseg")
@@ -24,6 +24,13 @@ def show(page: StreamlitPage) -> None:
         model = webapp.load_model(st.session_state.get("device", "auto"))
     except Exception as error:
         report(error, "The model cannot be loaded, so the app cannot segment anything")
+        return
+    if student and page.url_path != CLASS_PATH:
+        # The other pages show the model's outline and the expert's mask: the answer, before the teacher reveals it.
+        st.info("You are in a class: your class page is the one to use until your teacher ends the class.",
+                icon=":material/groups:")
+        st.page_link(CLASS_PAGE, label="Back to your class", icon=":material/arrow_back:",
+                     query_params={name: st.query_params[name] for name in ("code", "student")})
         return
     try:
         webapp.sidebar(page.title)
@@ -49,7 +56,10 @@ def report(error: Exception, what: str) -> None:
              "or choose another scan.", icon=":material/error:")
 
 
+CLASS_PAGE, CLASS_PATH = "pages/classroom.py", "class"
 locked = not access.unlocked()
+# A student in a running class sees only the class page (its link carries ?code=…&student=…).
+student = not locked and classroom.in_running_class(st.query_params.get("student"))
 if not locked:  # before the navigation: a link may turn presenter mode on, which moves the page list
     webapp.restore_from_link()
 # URL paths differ from the file names on purpose: Streamlit's testing harness would otherwise mistake these
@@ -62,8 +72,8 @@ navigation = st.navigation([
     st.Page("pages/compare.py", title="Compare with ground truth", icon=":material/compare:", url_path="ground-truth"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="model-metrics"),
     st.Page("pages/how_it_works.py", title="How it works", icon=":material/schema:", url_path="inside-the-unet"),
-    st.Page("pages/classroom.py", title="Class", icon=":material/groups:", url_path="class"),
-], position="hidden" if locked else "top" if st.session_state.get("presenter") else "sidebar")
+    st.Page(CLASS_PAGE, title="Class", icon=":material/groups:", url_path=CLASS_PATH),
+], position="hidden" if locked or student else "top" if st.session_state.get("presenter") else "sidebar")
 if locked:
     access.password_form()
 else:

@@ -22,7 +22,8 @@ Submit outline at once (each sends a different square, as the drawing component 
 stored, each submission's answer time, and when the teacher's view (refreshed twice a second) showed them all.
 
 Run from the repository root:  .venv/bin/python benchmarks/class_load_test.py --sessions 30
-(or ``--draw --sessions 40``)
+(or ``--draw --sessions 40``; ``--volume-every 3 --volume-kind brats``: 10 of the 30 upload BraTS-size volumes,
+which the app segments in the background, polled as the browser polls, first overlay and final overlay timed)
 Options: ``--waves 2`` (a second class of new uploads: memory should stay bounded), ``--details`` (each student's
 timeline), ``--server-env NAME=VALUE`` (Streamlit settings for the server, e.g.
 ``STREAMLIT_SERVER_FILE_WATCHER_TYPE=none``, to compare against the configuration users run).
@@ -33,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
+import gzip
 import hashlib
 import io
 import json
@@ -69,6 +72,7 @@ from mriseg.app.case import load_sample, sample_index  # noqa: E402
 
 OVERLAY_COMPONENT = "mriseg_threshold_view"
 OVERLAY_CAPTION = "Tumour at threshold"
+PRELIMINARY_CAPTION = "Preliminary tumour outline"
 UPLOAD_CHOICE = "Upload a file"
 XSRF_COOKIE = "_streamlit_xsrf"
 
@@ -112,10 +116,27 @@ def _pages(tiff: Image.Image) -> Iterator[Image.Image]:
         yield tiff.copy()
 
 
-def make_scans(count: int, wave: int, volume_every: int) -> list[Scan]:
+@functools.cache
+def _brats_size() -> np.ndarray:
+    from volume_helpers import brats_size_volume
+
+    return brats_size_volume()
+
+
+def shifted_brats_volume(shift: tuple[int, int], name: str) -> Scan:
+    """The BraTS-size volume (155 slices of 240x240, skull-stripped, 1 mm) rolled by ``shift``, as a NIfTI file
+    (x, y, z order, as BraTS ships it)."""
+    import nibabel as nib
+
+    volume = np.roll(_brats_size(), shift, axis=(1, 2))
+    data = gzip.compress(nib.Nifti1Image(volume.transpose(2, 1, 0), np.eye(4)).to_bytes(), compresslevel=1)
+    return Scan(name, data, len(volume))
+
+
+def make_scans(count: int, wave: int, volume_every: int, volume_kind: str = "tiff") -> list[Scan]:
     """Distinct uploads for one wave: shifted gallery slices, every ``volume_every``-th (0: none) a shifted
-    20-slice volume. Each wave shifts further, so no wave repeats a scan (a repeat would be served from the
-    prediction cache)."""
+    volume: the gallery's 20-slice TIFF, or with ``volume_kind="brats"`` the BraTS-size NIfTI volume. Each wave
+    shifts further, so no wave repeats a scan (a repeat would be served from the prediction cache)."""
     entries = sample_index()
     slices = [entry["image"] for entry in entries if entry["category"] != "volume"]
     volume = next(entry["image"] for entry in entries if entry["category"] == "volume")
@@ -124,7 +145,8 @@ def make_scans(count: int, wave: int, volume_every: int) -> list[Scan]:
     for index in range(count):
         if volume_every and index % volume_every == volume_every - 1:
             shift = (1 + wave * volume_rows + index // volume_every, 3)
-            scans.append(shifted_volume(volume, shift, f"student_{wave}_{index:02d}.tif"))
+            scans.append(shifted_brats_volume(shift, f"student_{wave}_{index:02d}.nii.gz") if volume_kind == "brats"
+                         else shifted_volume(volume, shift, f"student_{wave}_{index:02d}.tif"))
         else:
             shift = (1 + wave * slice_rows + index // len(slices), index % 5)
             scans.append(shifted_slice(slices[index % len(slices)], shift, f"student_{wave}_{index:02d}.png"))
@@ -140,8 +162,9 @@ class Run:
 
     started_at: float | None = None  # the run's new_session: the server has begun the script
     segmenting_at: float | None = None  # its first progress bar: the forward pass has begun
-    overlay_at: float | None = None
-    overlay_key: str = ""  # the threshold view's "pictures_key": "<sha256 of the file>:<slice>:<tta>"
+    overlay_at: float | None = None  # the first overlay: for a volume, the middle slice's preliminary one
+    overlay_key: str = ""  # the threshold view's "pictures_key": "<sha256 of the file>:<slice>:<tta>:<preliminary>"
+    final_at: float | None = None  # the overlay of the finished result
     finished_at: float | None = None
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     warnings: list[str] = field(default_factory=list)
@@ -162,15 +185,17 @@ def element_id(element: Element) -> str:
     return proto.id if "id" in proto.DESCRIPTOR.fields_by_name else ""
 
 
-def check_overlay(element: Element) -> str:
+def check_overlay(element: Element) -> tuple[str, bool]:
     """The threshold view must carry its pictures (the overlay caption, the slice, the packed masks, the heat map);
-    returns its ``pictures_key``, which names the file it was computed from."""
+    returns its ``pictures_key``, which names the file it was computed from, and whether it is a volume's
+    preliminary overlay (the middle slice while the others are being segmented)."""
     data = json.loads(element.bidi_component.json or "{}")
     pictures = [data.get(name) or "" for name in ("image_url", "masks_url", "heat_url")]
-    if not str(data.get("overlay_caption", "")).startswith(OVERLAY_CAPTION) or not all(
+    caption = str(data.get("overlay_caption", ""))
+    if not (caption.startswith(OVERLAY_CAPTION) or caption.startswith(PRELIMINARY_CAPTION)) or not all(
             picture.startswith("data:image/png;base64,") and len(picture) > 100 for picture in pictures):
         raise SessionError(f"the threshold view arrived without its pictures: keys {sorted(data)}")
-    return str(data.get("pictures_key", ""))
+    return str(data.get("pictures_key", "")), bool(data.get("preliminary"))
 
 
 class StreamlitClient:
@@ -190,6 +215,7 @@ class StreamlitClient:
         self._xsrf = ""
         self._ws: ClientConnection | None = None
         self._file_urls: dict[str, FileURLsResponse] = {}  # request id -> answer
+        self.auto_reruns: dict[str, float] = {}  # fragment id -> seconds between its reruns (st.fragment run_every)
 
     async def connect(self) -> None:
         """Get the XSRF cookie (as the page load does), then open the websocket with it, as the browser does."""
@@ -238,6 +264,16 @@ class StreamlitClient:
         await self._send(message)
         return await self._read_run()
 
+    async def fragment_rerun(self, fragment_id: str) -> Run:
+        """Rerun one fragment, as the browser does on a ``run_every`` timer; wait for the end (a fragment that
+        calls st.rerun() ends in the whole page's run)."""
+        message = BackMsg()
+        message.rerun_script.fragment_id = fragment_id
+        message.rerun_script.is_auto_rerun = True
+        message.rerun_script.widget_states.widgets.extend(self.widget_states.values())
+        await self._send(message)
+        return await self._read_run()
+
     async def _read_run(self) -> Run:
         run, deadline = Run(), time.monotonic() + self.timeout
         while run.finished_at is None:
@@ -256,6 +292,10 @@ class StreamlitClient:
             raise SessionError(f"script error: {message.session_event.script_compilation_exception.message}")
         elif kind in ("page_not_found", "auth_redirect"):
             raise SessionError(f"unexpected {kind}")
+        elif kind == "auto_rerun":
+            self.auto_reruns[message.auto_rerun.fragment_id] = message.auto_rerun.interval
+        elif kind == "stop_auto_rerun":
+            self.auto_reruns.clear()
         elif kind == "file_urls_response":
             self._file_urls[message.file_urls_response.response_id] = message.file_urls_response
         elif kind == "script_finished" and message.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
@@ -275,9 +315,11 @@ class StreamlitClient:
         if kind == "alert" and element.alert.format == element.alert.WARNING:
             run.warnings.append(element.alert.body)
         if kind == "bidi_component" and element.bidi_component.component_name.endswith(OVERLAY_COMPONENT):
-            pictures_key = check_overlay(element)
+            pictures_key, preliminary = check_overlay(element)
             if run.overlay_at is None:
                 run.overlay_at, run.overlay_key = time.perf_counter(), pictures_key
+            if not preliminary and run.final_at is None:
+                run.final_at = time.perf_counter()
         key = widget_key(element_id(element))
         if key is not None:
             self.widget_ids[key] = element_id(element)
@@ -325,6 +367,7 @@ class Student:
     started_s: float = 0.0  # these four from sent_at: the script began, segmenting began, overlay, run's end
     segmenting_s: float | None = None
     overlay_s: float = 0.0
+    final_s: float = 0.0  # a volume's final overlay (its first is the middle slice's preliminary one)
     finished_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -355,6 +398,18 @@ async def upload(student: Student) -> None:
     state.file_uploader_state_value.uploaded_file_info.append(info)
     client.set_widget("upload", state)  # sent beside the radio's value, which must stay on "Upload a file"
     run = await client.rerun()
+    # A volume is segmented in the background: its page polls (a fragment on a timer) until the result is final.
+    deadline = time.monotonic() + client.timeout
+    while run.final_at is None:
+        if not client.auto_reruns or time.monotonic() > deadline:
+            raise SessionError(f"{scan.name}: no final overlay and nothing polling for it: {dict(run.kinds)}")
+        fragment_id, interval = next(iter(client.auto_reruns.items()))
+        await asyncio.sleep(interval)
+        polled = await client.fragment_rerun(fragment_id)
+        if run.overlay_at is None and polled.overlay_at is not None:
+            run.overlay_at, run.overlay_key = polled.overlay_at, polled.overlay_key
+        run.final_at, run.finished_at = polled.final_at, polled.finished_at
+        run.warnings += polled.warnings
     if run.overlay_at is None:
         raise SessionError(f"{scan.name}: the run ended without an overlay: {dict(run.kinds)}")
     if not run.overlay_key.startswith(hashlib.sha256(scan.data).hexdigest() + ":"):
@@ -364,6 +419,7 @@ async def upload(student: Student) -> None:
     student.started_s = (run.started_at or run.overlay_at) - student.sent_at
     student.segmenting_s = None if run.segmenting_at is None else run.segmenting_at - student.sent_at
     student.overlay_s = run.overlay_at - student.sent_at
+    student.final_s = run.final_at - student.sent_at
     student.finished_s = run.finished_at - student.sent_at
     student.warnings = run.warnings
 
@@ -462,6 +518,13 @@ def report(number: int, wave: Wave, target: float) -> None:
           f"p90 {np.percentile(overlay, 90):.1f} s, fastest {overlay.min():.1f} s")
     print(f"  time to the run's end: slowest {finished.max():.1f} s, median {np.median(finished):.1f} s, "
           f"p90 {np.percentile(finished, 90):.1f} s")
+    for kind, chosen in (("slices", [s for s in wave.students if s.scan.slices == 1]),
+                         ("volumes", [s for s in wave.students if s.scan.slices > 1])):
+        if chosen:
+            first = np.array([student.overlay_s for student in chosen])
+            final = np.array([student.final_s for student in chosen])
+            print(f"  {kind} ({len(chosen)}): first overlay median {np.median(first):.1f} s, slowest "
+                  f"{first.max():.1f} s; final overlay median {np.median(final):.1f} s, slowest {final.max():.1f} s")
     print(f"  all {len(overlay)} sessions showed their overlay, none an error; {warned} showed an input warning")
     print(f"  server CPU during the uploads {wave.server_cpu_s:.1f} s; these clients' own CPU for the whole wave "
           f"(connect, page loads, uploads) {wave.client_cpu_s:.1f} s")
@@ -472,7 +535,7 @@ def report(number: int, wave: Wave, target: float) -> None:
 
 async def class_load_test(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
-    waves = [make_scans(args.sessions, wave, args.volume_every) for wave in range(args.waves)]
+    waves = [make_scans(args.sessions, wave, args.volume_every, args.volume_kind) for wave in range(args.waves)]
     if len({scan.data for scans in waves for scan in scans}) != args.sessions * args.waves:
         raise ValueError("two students would upload the same scan")
     environment = dict(setting.split("=", 1) for setting in args.server_env)
@@ -661,6 +724,9 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=1, help="waves of new students (2: memory stays bounded?)")
     parser.add_argument("--volume-every", type=int, default=10,
                         help="every Nth student uploads a 20-slice volume (0: slices only)")
+    parser.add_argument("--volume-kind", choices=("tiff", "brats"), default="tiff",
+                        help="the volume students upload: the gallery's 20-slice TIFF, or a BraTS-size NIfTI "
+                             "(155x240x240); --volume-every 3 --volume-kind brats: 10 of 30 students upload one")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a session may wait for one answer")
     parser.add_argument("--target", type=float, default=10.0, help="'students per core' counts overlays within it")
     parser.add_argument("--details", action="store_true", help="print each student's timeline")

@@ -3,7 +3,8 @@
 Run from the repository root:  .venv/bin/python benchmarks/volume_benchmark.py [--repeats 2]
 The server is started as ``mriseg serve`` (as in a class); each file is uploaded on a new page. Times run from the
 moment the file is handed to the upload box (so they include the upload) to the first overlay drawn on the canvas
-(for the volume: the middle slice's preliminary one) and to the final overlay. The memory peak is the server's
+(for the volume: the middle slice's preliminary one), to the final overlay and, for the volume, to the 3D viewer
+drawn (its scan and masks fetched and on the GPU). The memory peak is the server's
 ``VmHWM`` above its resident size just before the upload (the peak is reset through ``/proc/PID/clear_refs``).
 """
 
@@ -45,9 +46,15 @@ def upload(url: str, browser, server_pid: int, scan: Path) -> dict:
     final = page.locator("canvas.overlay[data-preliminary=false]")
     expect(final).to_have_attribute("data-threshold", DRAWN, timeout=300_000)
     done = time.perf_counter() - started
+    viewer, in_browser = None, None
+    if scan != SLICE:
+        canvas = page.locator("canvas[data-ready]")
+        expect(canvas).to_have_attribute("data-ready", "1", timeout=300_000)
+        viewer = time.perf_counter() - started
+        in_browser = (int(canvas.get_attribute("data-load-ms")), int(canvas.get_attribute("data-ready-ms")))
     peak = memory_mb(server_pid, "VmHWM") - idle
     page.close()
-    return {"first_s": first, "final_s": done, "peak_mib": peak}
+    return {"first_s": first, "final_s": done, "viewer_s": viewer, "viewer_browser_ms": in_browser, "peak_mib": peak}
 
 
 def main() -> None:
@@ -60,8 +67,13 @@ def main() -> None:
             with streamlit_server(warm=True) as (url, server):
                 for name, scan in (("2D slice 256x256", SLICE), ("volume 155x240x240", volume)):
                     result = upload(url, browser, server.pid, scan)
+                    viewer = ""
+                    if result["viewer_s"] is not None:
+                        loaded, drawn = result["viewer_browser_ms"]
+                        viewer = (f", 3D viewer ready {result['viewer_s']:.2f} s (in the browser: files loaded "
+                                  f"{loaded} ms, drawn {drawn} ms after it began)")
                     print(f"run {repeat + 1}, {name}: first overlay {result['first_s']:.2f} s, final overlay "
-                          f"{result['final_s']:.2f} s, server peak +{result['peak_mib']:.0f} MiB over idle")
+                          f"{result['final_s']:.2f} s{viewer}, server peak +{result['peak_mib']:.0f} MiB over idle")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def result_view() -> None:
     """Slice and overlay controls rerun only this part, from the cached probabilities."""
     volume = case.volume
     probabilities = prediction.probabilities
-    st.subheader(case.name)
+    webapp.case_title(case.name)
     part = presenter_part(probabilities)
     row = st.columns([5, 1], vertical_alignment="bottom")
     if volume.n_slices > 1:

@@ -187,8 +187,10 @@ CUT_NUMBERS = """() => {
     for (const element of root.querySelectorAll('*')) {
       if (element.shadowRoot) visit(element.shadowRoot);
       const style = getComputedStyle(element);
+      // Cut text with digits, unless the element gives its whole text on hover (a long file name's title).
       if (style.textOverflow === 'ellipsis' && element.scrollWidth > element.clientWidth + 1
-          && /\\d/.test(element.textContent)) cut.push(element.textContent.slice(0, 80));
+          && /\\d/.test(element.textContent) && element.title !== element.textContent)
+        cut.push(element.textContent.slice(0, 80));
     }
   };
   visit(document);
@@ -213,7 +215,8 @@ def nifti(tif: Path, path: Path) -> Path:
 def test_a_laptop_cuts_no_number_and_shows_a_volume_with_its_slider(server, browser, volume, tmp_path):
     from playwright.sync_api import expect
 
-    scan = nifti(SAMPLES / volume["image"], tmp_path / "TCGA_CS_4942_19970222_flair_whole_head_series_7.nii.gz")
+    long_name = "TCGA_CS_4942_19970222_axial_FLAIR_whole_head_series_7_reconstructed_by_the_scanner_at_3T.nii.gz"
+    scan = nifti(SAMPLES / volume["image"], tmp_path / long_name)
     mask = nifti(SAMPLES / volume["mask"], tmp_path / "TCGA_CS_4942_19970222_flair_mask.nii.gz")
     page = browser.new_page(viewport=LAPTOP)
     page.goto(server)
@@ -226,6 +229,12 @@ def test_a_laptop_cuts_no_number_and_shows_a_volume_with_its_slider(server, brow
         box = locator.bounding_box()
         assert box["y"] >= 0 and box["y"] + box["height"] <= LAPTOP["height"], (locator, box)
     assert page.evaluate(CUT_NUMBERS) == []
+    # A long file name ends in an ellipsis on one line, the whole name on hover.
+    title = page.locator("h3.case-name")
+    assert title.get_attribute("title") == long_name and title.inner_text() == long_name
+    assert title.evaluate("e => e.scrollWidth > e.clientWidth && getComputedStyle(e).textOverflow === 'ellipsis'")
+    box = title.bounding_box()
+    assert box["x"] + box["width"] <= LAPTOP["width"] and box["height"] < 60, box
     page.get_by_role("link", name="Compare with ground truth").click()
     expect(page.get_by_text("Ground-truth mask (optional)")).to_be_visible()
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)

@@ -256,3 +256,29 @@ def test_a_class_on_the_teachers_upload_has_no_expert_to_reveal(db, monkeypatch,
     assert info.case_name == "my_scan.png" and slide.expert is None and slide.model.any()
     assert next(button for button in at.button if button.label == "Reveal expert mask").disabled
     assert any("no expert mask" in caption.value for caption in at.caption)
+
+
+def test_a_student_in_a_running_class_sees_only_the_class_page(db, monkeypatch):
+    """Through AppTest: with a student's link, the other pages (which show the model's outline and the expert's
+    mask) say so and lead back (and app.py hides the page list). Once the class has ended, the link opens the app
+    again."""
+    from app_helpers import start
+
+    monkeypatch.setenv("MRISEG_CLASS_DB", str(db))
+    code, teacher = store.start_class("TCGA_HT_8563_19981209_11.png", 0, 0.5, SLIDE, db)
+    _, token = store.join(code, "Ana", db)
+    at = start()
+    at.query_params.update({"code": code, "student": token})
+    at.switch_page("pages/segment.py").run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == ["You are in a class: your class page is the one to use until your teacher "
+                                          "ends the class."]
+    assert not at.get("bidi_component") and not at.metric  # no overlay, no numbers
+    at.switch_page("pages/compare.py").run()
+    assert not at.image and at.info
+    at.switch_page("pages/classroom.py").run()
+    assert any(m.value == f"#### Class {code} · you are Ana" for m in at.markdown)
+
+    store.end_class(code, teacher, db)
+    at.switch_page("pages/segment.py").run()
+    assert not [i for i in at.info if "You are in a class" in i.value] and at.get("bidi_component")

@@ -259,6 +259,12 @@ def student(token: str, path: Path | None = None) -> tuple[str, str] | None:
         return db.execute("SELECT code, nickname FROM students WHERE token = ?", (token,)).fetchone()
 
 
+def in_running_class(token: str | None, path: Path | None = None) -> bool:
+    """Whether ``token`` is a student's of a class that still runs (not ended, not expired)."""
+    joined = student(token, path) if token else None
+    return joined is not None and get_class(joined[0], path) is not None
+
+
 def submit(token: str, mask: np.ndarray, seconds: float, path: Path | None = None) -> bool:
     """Store a student's outline of the class's current slice; True when it replaced an earlier one."""
     if not np.asarray(mask).any():

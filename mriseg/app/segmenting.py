@@ -33,7 +33,7 @@ def segmenting_view(case: Case, pending: PendingPrediction, model: webapp.Loaded
     text = (f"Segmenting slice {done} of {total} on {label}…" if done < total else
             "Every slice segmented; applying the 3D filter at every threshold…")
     st.progress(done / total, text=text)
-    st.subheader(case.name)
+    webapp.case_title(case.name)
     index = pending.middle
     if pending.preview is None:
         st.caption(f"Slice {index + 1}'s overlay appears as soon as it is segmented.")

@@ -7,6 +7,7 @@ device and augmentation setting and then reused by every page and every session.
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections.abc import Callable
@@ -395,6 +396,8 @@ class View:
 # than end in an ellipsis: on a laptop "1,595 px · 1,291.9 mm²" would lose its unit, or a digit.
 BASE_CSS = """<style>
 .stMainBlockContainer {padding-top: 3rem;}
+h3.case-name {white-space: nowrap; overflow: hidden; text-overflow: ellipsis; padding: 0; line-height: 1.3;
+    margin: 0; font-size: 1.5rem; font-weight: 600;}
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {white-space: normal !important;
     text-overflow: clip !important; overflow: visible !important;}
 </style>"""
@@ -415,6 +418,12 @@ header[data-testid="stHeader"] * {font-size: 1.15rem;}
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {font-size: 3rem !important;}
 [data-testid="stGraphVizChart"] svg text {font-size: 1.4rem !important;}
 </style>"""
+
+
+def case_title(name: str) -> None:
+    """The scan's file name as a heading on one line: a long name ends in "…" with the whole name on hover."""
+    escaped = html.escape(name, quote=True)
+    st.html(f'<h3 class="case-name" title="{escaped}">{escaped}</h3>')
 
 
 def slice_jumper(chart_key: str, slider_key: str) -> Callable[[], None]:

@@ -79,6 +79,7 @@ async function build(parentElement, data, setStateValue) {
   root.style.setProperty('--text-size', data.text_size);
   const canvas = root.querySelector('canvas');
   canvas.dataset.ready = '0';
+  const started = performance.now();
   const nv = new Niivue({
     backColor: [0, 0, 0, 1], show3Dcrosshair: true, isColorbar: false, logLevel: 'error', loadingText: '',
     multiplanarShowRender: SHOW_RENDER_ALWAYS, multiplanarLayout: GRID, isRadiologicalConvention: true,
@@ -88,6 +89,7 @@ async function build(parentElement, data, setStateValue) {
   await nv.attachToCanvas(canvas);
   await nv.loadFromArrayBuffer(await fetchBuffer(data.scan_url), 'scan.nii.gz');
   await nv.loadFromArrayBuffer(await fetchBuffer(data.overlay_url), 'mask.nii.gz');
+  canvas.dataset.loadMs = String(Math.round(performance.now() - started));  // fetched, decoded, on the GPU
   const overlay = nv.volumes[1];
   overlay.colormap = data.colormap;
   overlay.opacity = data.opacity;
@@ -126,6 +128,7 @@ async function build(parentElement, data, setStateValue) {
     };
   });
   describe(state);
+  canvas.dataset.readyMs = String(Math.round(performance.now() - started));  // and drawn, with the overlay
   return state;
 }
 
