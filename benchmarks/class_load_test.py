@@ -13,8 +13,8 @@ chosen): the time until the threshold view (the overlay, a ``st.components.v2`` 
 every 0.2 s, and its VmHWM peak); the server's CPU seconds during the uploads; the clients' own CPU seconds; and
 "students per core": how many sessions had their first overlay within ``--target`` seconds, per CPU core.
 
-A browser does more than these clients: it renders, and fetches the media files (gallery thumbnails, the
-reformats); the server's side of a session (script runs, the forward pass, the messages) is the same.
+A browser does more than these clients: it renders, and fetches the media files (gallery thumbnails, the 3D
+viewer's files); the server's side of a session (script runs, the forward pass, the messages) is the same.
 
 ``--draw`` plays a class drawing together instead: the teacher's view of a class (pages/classroom.py) open in
 Chromium, then ``--sessions`` light clients open the class link, type a nickname and press Join class, and all press

@@ -3,15 +3,14 @@ waits, its errors kept for the page."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from mriseg.app.forward_pass import ForwardPassLock
 from mriseg.app.pending import PendingPrediction
 
 
 def start(segmenter, pixels, finish, watched: bool = True) -> PendingPrediction:
-    pending = PendingPrediction(segmenter, pixels, False, threading.Lock(), finish)
+    pending = PendingPrediction(segmenter, pixels, False, ForwardPassLock(), finish)
     if watched:
         pending.watch("session")
     return pending.start()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mriseg.app.forward_pass import ForwardPassLock
 from mriseg.inference import Probabilities, Segmenter
 
 # A pending prediction nobody has looked at for this long is dropped: its session closed or moved on.
@@ -40,12 +41,13 @@ class PendingPrediction:
         segmenter: the model.
         pixels: (slices, H, W) raw intensities.
         tta: also run the mirrored image (as :meth:`Segmenter.predict`).
-        lock: held around each batch's forward pass (one pass at a time in the process).
+        lock: held around each forward pass (one pass at a time in the process): urgently for the preview, in the
+            background for the batches.
         finish: called in the thread with the finished probabilities and the forward pass's seconds, before
             :attr:`finished` is set (the app caches the prediction and its threshold masks there).
     """
 
-    def __init__(self, segmenter: Segmenter, pixels: np.ndarray, tta: bool, lock: threading.Lock,
+    def __init__(self, segmenter: Segmenter, pixels: np.ndarray, tta: bool, lock: ForwardPassLock,
                  finish: Callable[[Probabilities, float], None]) -> None:
         self.segmenter, self.tta, self.lock, self.finish = segmenter, tta, lock, finish
         self.pixels = np.asarray(pixels, dtype=np.float32)
@@ -105,7 +107,7 @@ class PendingPrediction:
         grid = segmenter.preprocessor.volume_to_input(self.pixels)
         height, width = self.pixels.shape[1:]
         restore = segmenter.preprocessor.grid_to_volume
-        with self.lock:  # the middle slice alone: a sixteenth of a batch's time to the page's preview
+        with self.lock.urgent():  # the middle slice alone: a sixteenth of a batch's time to the page's preview
             mean, _ = segmenter.predict_grid(grid[self.middle : self.middle + 1])
         self.preview = np.clip(restore(mean, height, width)[0], 0.0, 1.0)
         for start in batch_order(self.n_slices, segmenter.batch_size):
@@ -113,7 +115,7 @@ class PendingPrediction:
                 self.cancelled = True
                 return False
             stop = start + segmenter.batch_size
-            with self.lock:
+            with self.lock.background():
                 mean, std = segmenter.predict_grid(grid[start:stop], tta=self.tta)
             self.mean[start:stop] = np.clip(restore(mean, height, width), 0.0, 1.0)
             if std is not None:

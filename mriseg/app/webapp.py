@@ -25,6 +25,7 @@ from mriseg.app.access import setting
 from mriseg.app.cache import LRUCache
 from mriseg.app.case import Case, case_from_bytes, load_sample, sample_index
 from mriseg.app.explain import FeatureMaps, feature_maps
+from mriseg.app.forward_pass import ForwardPassLock
 from mriseg.app.pending import PendingPrediction
 from mriseg.app.threshold_view import (
     COMPONENT_CSS,
@@ -130,9 +131,8 @@ def _prediction_bytes(prediction: Prediction) -> int:
     return prediction.probabilities.mean.nbytes + (0 if std is None else std.nbytes)
 
 
-# One forward pass at a time in this process: PyTorch already spreads each pass over every core, and sessions running
-# passes side by side only fight over the cores (a class uploading at once is the case that matters).
-FORWARD_PASS = threading.Lock()
+# One forward pass at a time in this process, the short ones first (see forward_pass.py).
+FORWARD_PASS = ForwardPassLock()
 
 
 def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
@@ -155,7 +155,7 @@ def predict(model: LoadedModel, case: Case, tta: bool = False) -> Prediction:
     label = model.segmenter.device_label
     bar = slot.progress(0.0, text=f"Segmenting {slices} slice{'s' * (slices > 1)} on {label}…")
     started = time.perf_counter()
-    with FORWARD_PASS:
+    with FORWARD_PASS.urgent():
         probabilities = model.segmenter.predict(
             case.volume.pixels, tta=tta,
             progress=lambda done, total: bar.progress(done / total,
@@ -254,7 +254,7 @@ def feature_maps_for(model: LoadedModel, case: Case, index: int, member: int = 0
     cache = feature_cache()
     maps = cache.get(key)
     if maps is None:
-        with FORWARD_PASS:
+        with FORWARD_PASS.urgent():
             maps = feature_maps(model.segmenter, case.volume.pixels, index, member)
         cache.put(key, maps)
     return maps
