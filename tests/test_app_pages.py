@@ -122,6 +122,18 @@ def test_flat_dice_curve_is_explained_with_a_computed_suggestion(segmenter):
     assert not any("hardly changes" in i.value for i in at.info)
     assert not any("to see the trade-off" in i.value for i in at.info)  # it has the balance point
 
+    # The star marks the balance point once the lesson's threshold reaches it, stepping down: not before.
+    steps = [row["threshold"] for row in curves[suggestion]]
+    above = min((t for t in steps if t > best["threshold"]), default=None)
+    if above is not None:
+        at.select_slider(key="lesson_threshold").set_value(above).run()
+        assert "best Dice" not in [trace.get("name") for trace in chart(at, "lesson_curve")["data"]]
+    at.select_slider(key="lesson_threshold").set_value(best["threshold"]).run()
+    star = next(trace for trace in chart(at, "lesson_curve")["data"] if trace.get("name") == "best Dice")
+    assert star["x"] == [best["threshold"]] and star["y"] == [pytest.approx(best["dice"])]
+    assert star["marker"]["symbol"] == "star"
+    assert star["text"] == [f"best {best['dice']:.2f} at {best['threshold']:.2f}"]
+
 
 def test_a_dice_curve_without_a_balance_point_is_said_so(segmenter):
     """The smallest visible tumour: Dice only rises with the threshold, so the lesson points elsewhere."""

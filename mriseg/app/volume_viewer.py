@@ -113,6 +113,8 @@ VIEWER_HTML = """
     <span class="layouts"><button data-layout="planes" class="on">3 planes + 3D</button>
       <button data-layout="render">3D</button></span>
   </div>
+  <div class="hint">Click a plane to move the crosshair, scroll to step through its slices, right-drag for
+    brightness and contrast; in 3D, drag to turn the head.</div>
 </div>"""
 VIEWER_CSS = """
 .viewer {font-family: var(--st-font, sans-serif); color: var(--st-text-color, #fafafa); font-size: var(--text-size);}
@@ -122,6 +124,7 @@ canvas {display: block; width: 100%; height: 100%; border-radius: 0.25rem; backg
 label {display: flex; align-items: center; gap: 0.6rem; flex: 1 1 18rem; white-space: nowrap;}
 input.threshold {flex: 1 1 auto; accent-color: var(--st-primary-color, #f0b429); min-width: 8rem;}
 .reading {font-weight: 600;}
+.hint {opacity: 0.75; margin-top: 0.3rem; font-size: 0.9em;}
 button {font: inherit; color: inherit; background: transparent; cursor: pointer; border-radius: 0.5rem;
         border: 1px solid rgba(128, 128, 128, 0.45); padding: 0.2rem 0.7rem;}
 button.on {border-color: #ff4b4b; color: #ff4b4b;}
