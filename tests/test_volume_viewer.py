@@ -10,11 +10,17 @@ import numpy as np
 from helpers import SAMPLES
 
 from mriseg.app.threshold_view import THRESHOLD_STEPS, threshold_masks, unpack_step
-from mriseg.app.volume_viewer import UNKNOWN_SLICE_STRETCH, step_intervals, viewer_files
+from mriseg.app.volume_viewer import UNKNOWN_SLICE_STRETCH, slice_codes, viewer_files
 from mriseg.data.io import read_volume, slices_to_ras
 from mriseg.postprocessing import binarize
 
 VOLUME = SAMPLES / "TCGA_CS_4942_19970222_volume.tif"
+
+
+def step_intervals(masks) -> tuple[np.ndarray, int]:
+    """Every slice's code stacked, and the voxels whose steps are no interval."""
+    codes = list(slice_codes(masks))
+    return np.stack([code for code, _ in codes]), sum(count for _, count in codes)
 
 
 def decode(code: np.ndarray, step: int) -> np.ndarray:

@@ -12,6 +12,8 @@ filter and kept at others) is counted, and the viewer says so.
 from __future__ import annotations
 
 import gzip
+import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -21,10 +23,12 @@ from streamlit import runtime
 
 from mriseg.app.threshold_view import STEP_BYTES, THRESHOLD_STEPS, ThresholdMasks, step_of
 from mriseg.app.visualize import COLOURS
-from mriseg.data.io import Volume, slices_to_ras
+from mriseg.data.io import Volume
 
 # Percentiles of the brain's intensities mapped to 0 and 255 in the scan sent to the browser.
 DISPLAY_PERCENTILES = (0.5, 99.5)
+# A NIfTI-1 file's data start after its 348-byte header and 4 bytes that say it has no extensions.
+NIFTI_DATA_OFFSET = 352
 # Without spacing, a typical FLAIR protocol's ~4:1 slice-to-pixel ratio keeps the other planes readable.
 UNKNOWN_SLICE_STRETCH = 4.0
 # NiiVue colour maps for the app's overlay colours.
@@ -50,52 +54,90 @@ def affine_of(volume: Volume) -> np.ndarray:
     return np.diag([column, row, thickness, 1.0])
 
 
-def display_volume(pixels: np.ndarray) -> np.ndarray:
-    """(slices, H, W) intensities as uint8, the volume's own percentiles as black and white (one window for all
-    slices, so a slice keeps its brightness in every plane)."""
-    low, high = np.percentile(pixels[pixels > pixels.min()] if (pixels > pixels.min()).any() else pixels,
-                              DISPLAY_PERCENTILES)
-    scaled = (pixels - low) * (255.0 / max(float(high - low), 1e-6))
-    return np.clip(scaled, 0, 255).astype(np.uint8)
+def display_window(pixels: np.ndarray) -> tuple[float, float]:
+    """The intensities shown black and white: the volume's own percentiles (one window for all slices, so a slice
+    keeps its brightness in every plane), from every second slice and fourth pixel (no copy of the volume)."""
+    sample = pixels[::2, ::4, ::4]
+    inside = sample[sample > sample.min()]
+    low, high = np.percentile(inside if inside.size else sample, DISPLAY_PERCENTILES)
+    return float(low), max(float(high), float(low) + 1e-6)
 
 
-def step_intervals(masks: ThresholdMasks) -> tuple[np.ndarray, int]:
-    """The (slices, H, W) uint16 code ``first + 256 * end`` of every voxel's threshold steps, and the number of
+def display_slices(pixels: np.ndarray) -> Iterator[np.ndarray]:
+    """(slices, H, W) intensities as uint8 slices in the :func:`display_window`."""
+    low, high = display_window(pixels)
+    for plane in pixels:
+        yield np.clip((plane - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+
+
+def slice_codes(masks: ThresholdMasks) -> Iterator[tuple[np.ndarray, int]]:
+    """Each slice's (H, W) uint16 code ``first + 256 * end`` of its voxels' threshold steps, with the number of its
     voxels whose steps are no interval (their code is the interval around them).
 
     Example:
         >>> from mriseg.app.threshold_view import threshold_masks
         >>> from mriseg.postprocessing import PostprocessingConfig
         >>> probabilities = np.zeros((1, 8, 8), np.float32); probabilities[0, 2:6, 2:6] = 0.5
-        >>> code, inexact = step_intervals(threshold_masks(probabilities, PostprocessingConfig()))
-        >>> int(code[0, 3, 3]) % 256, int(code[0, 3, 3]) // 256, THRESHOLD_STEPS[45], int(code[0, 0, 0]), inexact
+        >>> [(code, inexact)] = slice_codes(threshold_masks(probabilities, PostprocessingConfig()))
+        >>> int(code[3, 3]) % 256, int(code[3, 3]) // 256, THRESHOLD_STEPS[45], int(code[0, 0]), inexact
         (0, 46, 0.5, 0, 0)
     """
-    code = np.zeros(masks.shape, np.uint16)
-    if masks.box is None:
-        return code, 0
     steps = len(THRESHOLD_STEPS)
-    inexact = 0
-    for offset in range(masks.bits.shape[1]):  # slice by slice: every step's mask of a slice at once is small
-        on = np.unpackbits(masks.bits[:, offset], axis=0)[:steps].astype(bool)  # (steps, rows, columns)
-        anywhere = on.any(axis=0)
-        first = np.argmax(on, axis=0)
-        end = steps - np.argmax(on[::-1], axis=0)
-        inexact += int((anywhere & (on.sum(axis=0) != end - first)).sum())
-        code[masks.box[0].start + offset][masks.box[1], masks.box[2]] = np.where(anywhere, first + 256 * end, 0)
     assert steps <= STEP_BYTES * 8 and steps < 256  # both fit the code's bytes
-    return code, inexact
+    for index in range(masks.shape[0]):
+        code = np.zeros(masks.shape[1:], np.uint16)
+        inexact = 0
+        if masks.box is not None and masks.box[0].start <= index < masks.box[0].stop:
+            bits = masks.bits[:, index - masks.box[0].start]
+            on = np.unpackbits(bits, axis=0)[:steps].astype(bool)  # (steps, rows, columns) of the box
+            anywhere = on.any(axis=0)
+            first = np.argmax(on, axis=0)
+            end = steps - np.argmax(on[::-1], axis=0)
+            inexact = int((anywhere & (on.sum(axis=0) != end - first)).sum())
+            code[masks.box[1], masks.box[2]] = np.where(anywhere, first + 256 * end, 0)
+        yield code, inexact
+
+
+def nifti_gz(planes: Iterable[np.ndarray], shape: tuple[int, int, int], dtype: type, affine: np.ndarray) -> bytes:
+    """Axial slices (as mriseg holds them) written as a gzipped NIfTI file in RAS+ order, one slice at a time: the
+    file :func:`mriseg.data.io.slices_to_ras` of the stacked slices would give, without a copy of the volume.
+
+    Example:
+        >>> from mriseg.data.io import slices_to_ras
+        >>> slices = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+        >>> image = nib.Nifti1Image.from_bytes(gzip.decompress(nifti_gz(slices, slices.shape, np.uint8, np.eye(4))))
+        >>> bool((np.asarray(image.dataobj) == slices_to_ras(slices)).all())
+        True
+    """
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    header.set_data_shape((shape[2], shape[1], shape[0]))  # x, y, z
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header["vox_offset"] = NIFTI_DATA_OFFSET
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as out:
+        block = header.binaryblock
+        out.write(block + b"\0" * (NIFTI_DATA_OFFSET - len(block)))  # the header, then no extensions
+        for plane in planes:  # x fastest: a slice's rows from the bottom, each from the image's right edge
+            out.write(np.ascontiguousarray(plane[::-1, ::-1], dtype=dtype).tobytes())
+    return buffer.getvalue()
 
 
 def viewer_files(volume: Volume, masks: ThresholdMasks) -> ViewerFiles:
-    """The gzipped NIfTI files of the scan and the masks' code, on one grid and affine."""
+    """The gzipped NIfTI files of the scan and the masks' code, on one grid and affine; a slice at a time, so a
+    volume at mriseg's size limit costs its session a few slices more, not copies of itself."""
     affine = affine_of(volume)
-    code, inexact = step_intervals(masks)
+    inexact = []
 
-    def nifti(slices: np.ndarray) -> bytes:
-        return gzip.compress(nib.Nifti1Image(slices_to_ras(slices), affine).to_bytes(), compresslevel=1)
+    def codes() -> Iterator[np.ndarray]:
+        for code, count in slice_codes(masks):
+            inexact.append(count)
+            yield code
 
-    return ViewerFiles(nifti(display_volume(volume.pixels)), nifti(code), inexact)
+    scan = nifti_gz(display_slices(volume.pixels), volume.shape, np.uint8, affine)
+    code = nifti_gz(codes(), volume.shape, np.uint16, affine)
+    return ViewerFiles(scan, code, sum(inexact))
 
 
 def media_url(data: bytes, name: str) -> str:
