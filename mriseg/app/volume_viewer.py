@@ -22,7 +22,6 @@ import streamlit as st
 from streamlit import runtime
 
 from mriseg.app.threshold_view import STEP_BYTES, THRESHOLD_STEPS, ThresholdMasks, step_of
-from mriseg.app.visualize import COLOURS
 from mriseg.data.io import Volume
 
 # Percentiles of the brain's intensities mapped to 0 and 255 in the scan sent to the browser.
@@ -31,7 +30,7 @@ DISPLAY_PERCENTILES = (0.5, 99.5)
 NIFTI_DATA_OFFSET = 352
 # Without spacing, a typical FLAIR protocol's ~4:1 slice-to-pixel ratio keeps the other planes readable.
 UNKNOWN_SLICE_STRETCH = 4.0
-# NiiVue colour maps for the app's overlay colours.
+# NiiVue colour maps for the app's overlay colours (mriseg.app.visualize.COLOURS).
 COLORMAPS = {"red": "red", "yellow": "warm", "green": "green", "cyan": "blue", "magenta": "violet"}
 
 
@@ -175,7 +174,8 @@ button.on {border-color: #ff4b4b; color: #ff4b4b;}
 
 def _viewer_component():
     """The component, declared where it is used: its script is a file of the installed package
-    (``mriseg/app/viewer``, declared in pyproject.toml), which Streamlit finds only once its runtime has started."""
+    (``mriseg/app/viewer``, declared in ``mriseg/pyproject.toml``), which Streamlit finds only once its runtime has
+    started."""
     return st.components.v2.component("mriseg.volume_viewer", html=VIEWER_HTML, css=VIEWER_CSS,
                                       js="volume_viewer.js")
 
@@ -191,7 +191,7 @@ def volume_viewer(volume: Volume, files: ViewerFiles, threshold: float, crosshai
         threshold: the shared threshold.
         crosshair: where the crosshair starts: (slice, row, column) of the axial slices.
         colour, opacity: the overlay's, as on the page.
-        presenter: large text and a taller canvas for a projector.
+        presenter: large text, and a canvas that leaves the projector's screen room for the toolbar above it.
         on_threshold_change: called when the viewer's threshold slider is released (its value in the component's
             state, key ``volume_viewer``).
     """
@@ -204,7 +204,7 @@ def volume_viewer(volume: Volume, files: ViewerFiles, threshold: float, crosshai
         "step": step_of(threshold),
         "crosshair": [columns - 1 - column, rows - 1 - row, index],  # the RAS voxel (see slices_to_ras)
         "voxel_ml": volume.voxel_volume_ml,
-        "colormap": COLORMAPS.get(colour, "red") if colour in COLOURS else "red",
+        "colormap": COLORMAPS.get(colour, "red"),
         "opacity": float(opacity),
         "presenter": presenter,
         # On a projector the toolbar, the parts and the slice slider sit above it, its controls below.
@@ -212,4 +212,4 @@ def volume_viewer(volume: Volume, files: ViewerFiles, threshold: float, crosshai
         "text_size": "1.3rem" if presenter else "0.95rem",
     }
     _viewer_component()(data=data, key="volume_viewer", default={"threshold": None},
-                   on_threshold_change=on_threshold_change)
+                        on_threshold_change=on_threshold_change)
