@@ -7,7 +7,7 @@ import io
 import zipfile
 
 import numpy as np
-from helpers import make_dicom
+from helpers import make_dicom, mr_dataset
 
 # A test volume indexed [x, y, z] along DICOM's patient axes (x to the patient's left, y posterior, z to the head),
 # textured and with a bright blob off centre on every axis, so any flipped or swapped axis shows.
@@ -71,4 +71,47 @@ def series_zip(slices: np.ndarray, affine: np.ndarray, series: str | None = None
                               position=position, orientation=(*row.round(6), *column.round(6)), instance=count + 1,
                               series=series, **attributes)
             archive.writestr(f"series/IM{count:04d}.dcm", data)
+    return buffer.getvalue()
+
+
+def enhanced_dicom(volume: np.ndarray, row, column, *, duplicate: bool = False, **attributes) -> bytes:
+    """An enhanced MR file: frames stored shuffled, each with its position, spacing and rescale (frame ``k`` stored
+    ``10 * k`` above its value) in per-frame functional groups, the orientation shared; ``attributes`` as they are."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedMRImageStorage
+
+    slices, affine = stack(volume, row, column)
+    order = np.random.default_rng(1).permutation(len(slices))
+    if duplicate:
+        order[1] = order[0]
+    ds = mr_dataset(EnhancedMRImageStorage)
+    ds.Rows, ds.Columns = slices.shape[1:]
+    ds.NumberOfFrames = len(order)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [*row, *column]
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames, stored = [], []
+    for count, index in enumerate(order):
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([Dataset()])
+        frame.PlanePositionSequence[0].ImagePositionPatient = list((affine @ [index, 0, 0, 1])[:3].round(4))
+        frame.PixelMeasuresSequence = Sequence([Dataset()])
+        frame.PixelMeasuresSequence[0].PixelSpacing = [axis_spacing(affine, 1), axis_spacing(affine, 2)]
+        frame.PixelMeasuresSequence[0].SliceThickness = axis_spacing(affine, 0)
+        # Each frame stored with its own offset, undone by its own rescale intercept.
+        frame.PixelValueTransformationSequence = Sequence([Dataset()])
+        frame.PixelValueTransformationSequence[0].RescaleSlope = 1
+        frame.PixelValueTransformationSequence[0].RescaleIntercept = -10 * count
+        frame.PixelValueTransformationSequence[0].RescaleType = "US"
+        frames.append(frame)
+        stored.append(slices[index] + 10 * count)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.stack(stored).astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import PLANES, blob_volume, series_zip, stack
+from dicom_helpers import PLANES, blob_volume, enhanced_dicom, series_zip, stack
 from pydicom.uid import generate_uid
 
 from mriseg.data.io import mask_to_dicom_seg, read_volume
@@ -63,6 +63,27 @@ def test_seg_frames_lie_on_the_source_frames_they_reference(plane):
     # Only frames with tumour are stored, and together they hold the whole mask.
     assert len(seg.PerFrameFunctionalGroupsSequence) == sum((d.pixel_array > BLOB).any() for d in sources.values())
     assert marked == mask.sum()
+
+
+def test_an_enhanced_multiframe_file_gets_a_frame_for_each_of_its_frames_with_tumour():
+    import highdicom as hd
+
+    uids = references()
+    data = enhanced_dicom(blob_volume(), *PLANES["sagittal"], **uids)
+    volume = read_volume(data, "enhanced.dcm")
+    seg = hd.seg.segread(io.BytesIO(mask_to_dicom_seg(volume.pixels > BLOB, volume, model_version="v")))
+    source = pydicom.dcmread(io.BytesIO(data))
+    stored = source.pixel_array
+    values = stored - 10 * np.arange(len(stored))[:, None, None]  # each frame's own rescale (see enhanced_dicom)
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == {source.SOPInstanceUID}
+    assert len(seg.PerFrameFunctionalGroupsSequence) == int((values > BLOB).any(axis=(1, 2)).sum())
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        number = int(reference.ReferencedFrameNumber)  # 1-based, in the file's own (shuffled) frame order
+        np.testing.assert_allclose(
+            frame.PlanePositionSequence[0].ImagePositionPatient,
+            source.PerFrameFunctionalGroupsSequence[number - 1].PlanePositionSequence[0].ImagePositionPatient)
+        np.testing.assert_array_equal(seg.pixel_array[index] > 0, values[number - 1] > BLOB)
 
 
 def test_an_empty_mask_is_still_a_valid_seg():

@@ -17,13 +17,13 @@ from dicom_helpers import (
     PLANES,
     SPACING,
     axial_slices,
-    axis_spacing,
     blob_volume,
     canonical_affine,
+    enhanced_dicom,
     series_zip,
     stack,
 )
-from helpers import SAMPLES, head_phantom, make_dicom, mr_dataset
+from helpers import SAMPLES, head_phantom, make_dicom
 from PIL import Image
 
 from mriseg.data.io import MAX_SIDE, MAX_SLICES, mask_to_nifti, mask_to_png, read_mask, read_volume
@@ -248,47 +248,6 @@ def nifti_file(volume: np.ndarray, row, column) -> bytes:
     slices, affine = stack(volume, row, column)
     # NIfTI indexes (column, row, slice), in RAS+ world coordinates.
     return nib.Nifti1Image(slices.transpose(2, 1, 0), LPS_TO_RAS @ affine[:, [2, 1, 0, 3]]).to_bytes()
-
-
-def enhanced_dicom(volume: np.ndarray, row, column, *, duplicate: bool = False) -> bytes:
-    """An enhanced MR file: frames stored shuffled, each with its position, spacing and rescale in per-frame
-    functional groups, the orientation shared."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import EnhancedMRImageStorage
-
-    slices, affine = stack(volume, row, column)
-    order = np.random.default_rng(1).permutation(len(slices))
-    if duplicate:
-        order[1] = order[0]
-    ds = mr_dataset(EnhancedMRImageStorage)
-    ds.Rows, ds.Columns = slices.shape[1:]
-    ds.NumberOfFrames = len(order)
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    shared = Dataset()
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [*row, *column]
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames, stored = [], []
-    for count, index in enumerate(order):
-        frame = Dataset()
-        frame.PlanePositionSequence = Sequence([Dataset()])
-        frame.PlanePositionSequence[0].ImagePositionPatient = list((affine @ [index, 0, 0, 1])[:3].round(4))
-        frame.PixelMeasuresSequence = Sequence([Dataset()])
-        frame.PixelMeasuresSequence[0].PixelSpacing = [axis_spacing(affine, 1), axis_spacing(affine, 2)]
-        frame.PixelMeasuresSequence[0].SliceThickness = axis_spacing(affine, 0)
-        # Each frame stored with its own offset, undone by its own rescale intercept.
-        frame.PixelValueTransformationSequence = Sequence([Dataset()])
-        frame.PixelValueTransformationSequence[0].RescaleSlope = 1
-        frame.PixelValueTransformationSequence[0].RescaleIntercept = -10 * count
-        frame.PixelValueTransformationSequence[0].RescaleType = "US"
-        frames.append(frame)
-        stored.append(slices[index] + 10 * count)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = np.stack(stored).astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -90,6 +90,44 @@ def source_frames(mask_ras: np.ndarray, affine: np.ndarray, headers: list[Datase
     return np.asarray(frames, dtype=bool)
 
 
+def _copy(dataset: Dataset) -> Dataset:
+    """A data set whose elements can be set without touching ``dataset`` (pydicom's copies share their elements'
+    dictionary)."""
+    copy = Dataset()
+    copy.update(dataset)
+    return copy
+
+
+def with_missing_empty(dataset: Dataset) -> Dataset:
+    """``dataset`` with the patient and study attributes a SEG copies that DICOM lets be empty, added empty."""
+    missing = [keyword for keyword in MAY_BE_EMPTY if keyword not in dataset]
+    if not missing:
+        return dataset
+    copy = _copy(dataset)
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    return copy
+
+
+def with_shared_geometry(dataset: Dataset) -> Dataset:
+    """An enhanced multi-frame source as highdicom reads it: highdicom takes the pixel measures and orientation from
+    the shared functional groups only, and a file may give them per frame (the same for every frame, or no SEG)."""
+    if "PerFrameFunctionalGroupsSequence" not in dataset:
+        return dataset
+    geometry = frame_geometry(dataset)
+    if any(not np.allclose(spacing, geometry[0][2]) or not np.allclose(orientation, geometry[0][1])
+           for _, orientation, spacing in geometry):
+        raise InputError("no DICOM SEG: the frames of this multi-frame file differ in pixel spacing or orientation")
+    copy = _copy(dataset)
+    shared = _copy((dataset.get("SharedFunctionalGroupsSequence") or [Dataset()])[0])
+    first = dataset.PerFrameFunctionalGroupsSequence[0]
+    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if keyword not in shared:
+            setattr(shared, keyword, first[keyword].value)
+    copy.SharedFunctionalGroupsSequence = [shared]
+    return copy
+
+
 def missing_references(headers: list[Dataset]) -> list[str]:
     """The attributes a SEG needs that the source series lacks (an anonymiser may have removed them)."""
     return [name for name in REQUIRED if any(name not in dataset for dataset in headers)]
@@ -115,10 +153,6 @@ def mask_to_dicom_seg(mask_ras: np.ndarray, affine: np.ndarray, headers: list[Da
         raise InputError(f"no DICOM SEG: the series has no {', '.join(missing)} (removed by anonymisation?), "
                          "so a SEG could not reference it; the NIfTI mask has the same content")
     frames = source_frames(mask_ras, affine, headers)
-    for dataset in headers:
-        for keyword in MAY_BE_EMPTY:
-            if keyword not in dataset:
-                setattr(dataset, keyword, "")
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -129,8 +163,8 @@ def mask_to_dicom_seg(mask_ras: np.ndarray, affine: np.ndarray, headers: list[Da
     )
     source = headers[0]
     segmentation = hd.seg.Segmentation(
-        source_images=headers,
-        pixel_array=frames if len(headers) > 1 else frames.reshape(-1, *frames.shape[-2:]),
+        source_images=[with_shared_geometry(with_missing_empty(dataset)) for dataset in headers],
+        pixel_array=frames,  # (every frame of every header, rows, columns), in their order
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
