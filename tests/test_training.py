@@ -306,3 +306,28 @@ def test_a_teacher_is_learned_from_and_must_share_the_split(kaggle_folder, tmp_p
                                        "validation": patients["train"][:2]}))
     with pytest.raises(ValueError, match="another patient split"):
         train(kaggle_folder, tmp_path / "leaky", other_split, replace(config, teacher=str(teacher)), device="cpu")
+
+
+def test_hard_negatives_are_the_starting_weights_false_alarms(kaggle_folder, tmp_path, slice_samples, segmenter):
+    from mriseg.data.lgg import find_cases
+    from mriseg.postprocessing import binarize
+    from mriseg.training.trainer import prepare_slices
+
+    cases = find_cases(kaggle_folder)
+    slices = prepare_slices(cases, Preprocessor(PreprocessingConfig(grid_size=64)), "slices", miner=segmenter)
+    loaded = [case.load() for case in cases]
+    tumour_free = np.concatenate([~mask.any(axis=(1, 2)) for _, mask in loaded])
+    marked = np.concatenate([binarize(segmenter.predict(volume).mean, segmenter.postprocessing).any(axis=(1, 2))
+                             for volume, _ in loaded])
+    assert len(slices.false_alarms) == len(slices.masks) and tumour_free.any()
+    np.testing.assert_array_equal(slices.false_alarms, marked & tumour_free)
+
+    split, config = tiny_run(slice_samples, tmp_path, epochs=1)
+    first = tmp_path / "first" / "best"
+    train(kaggle_folder, tmp_path / "first", split, config, device="cpu")
+    boosted = replace(config, hard_negative_boost=4.0)
+    train(kaggle_folder, tmp_path / "hard", split, boosted, device="cpu", init_from=first)
+    saved = json.loads((tmp_path / "hard" / "best" / "config.json").read_text())
+    assert saved["training"]["hard_negative_boost"] == 4.0
+    with pytest.raises(ValueError, match="needs --init"):
+        train(kaggle_folder, tmp_path / "no_init", split, boosted, device="cpu")

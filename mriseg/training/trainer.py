@@ -29,7 +29,7 @@ from mriseg.data.lgg import PatientCase, find_cases, load_split
 from mriseg.inference import Segmenter, native_bf16, resolve_device
 from mriseg.metrics import dice
 from mriseg.model import UNet, UNetConfig, create_model, widen_input
-from mriseg.postprocessing import PostprocessingConfig
+from mriseg.postprocessing import PostprocessingConfig, binarize
 from mriseg.preprocessing import PreprocessingConfig, Preprocessor
 from mriseg.weights.bundle import kept_epoch, load_model, load_segmenter, read_config, save_bundle
 
@@ -75,6 +75,10 @@ class TrainConfig:
             trained model knows into this one, and asks the same answer of a slice with and without its skull.
         teacher_weight: weight of the cross-entropy against the teacher's probabilities, added to the loss against
             the reference masks.
+        hard_negative_boost: tumour-free training slices on which the starting weights of a warm restart (``--init``)
+            mark tumour (their own threshold and filters, over the whole patient) are drawn this many times as often
+            as the other tumour-free slices, within the same share of tumour-free slices: more of the bright caps
+            and skull-base artefacts the model outlines wrongly. 1 draws every tumour-free slice alike.
     """
 
     epochs: int = 40
@@ -92,6 +96,7 @@ class TrainConfig:
     skull_strip: float = 0.0
     teacher: str | None = None
     teacher_weight: float = 0.5
+    hard_negative_boost: float = 1.0
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -269,6 +274,7 @@ class SlicesForTraining:
     masks: np.ndarray
     stripped: np.ndarray | None = None
     teacher: np.ndarray | None = None
+    false_alarms: np.ndarray | None = None  # per slice: tumour-free, yet marked by the miner
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: float = 0.5,
@@ -303,11 +309,12 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: flo
 
 
 def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: str, skull_stripped: bool = False,
-                   teacher: Segmenter | None = None) -> SlicesForTraining:
+                   teacher: Segmenter | None = None, miner: Segmenter | None = None) -> SlicesForTraining:
     """Model inputs and grid masks of every slice of ``cases``; with ``skull_stripped`` the model inputs of their
-    skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), and with ``teacher`` its
-    probabilities on the slices as stored, on the grid; each patient read once."""
-    images, masks, stripped, taught = [], [], [], []
+    skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), with ``teacher`` its
+    probabilities on the slices as stored, on the grid, and with ``miner`` the tumour-free slices it marks (its
+    threshold and filters, over each whole patient); each patient read once."""
+    images, masks, stripped, taught, false_alarms = [], [], [], [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
         images.append(preprocessor.volume_to_input(volume))
@@ -316,9 +323,13 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
             stripped.append(preprocessor.volume_to_input(strip_skull(volume, mask)[0]))
         if teacher is not None:
             taught.append(np.stack([preprocessor.mask_to_grid(p) for p in teacher.predict(volume).mean]))
+        if miner is not None:
+            marked = binarize(miner.predict(volume).mean, miner.postprocessing)
+            false_alarms.append(marked.any(axis=(1, 2)) & ~mask.any(axis=(1, 2)))
     return SlicesForTraining(np.concatenate(images), np.concatenate(masks),
                              np.concatenate(stripped) if stripped else None,
-                             np.concatenate(taught) if taught else None)
+                             np.concatenate(taught) if taught else None,
+                             np.concatenate(false_alarms) if false_alarms else None)
 
 
 def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -330,12 +341,25 @@ def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> l
     return loaded
 
 
-def sampling_weights(masks: np.ndarray, positive_fraction: float) -> np.ndarray:
-    """Per-slice sampling weights so that ``positive_fraction`` of the drawn slices contain tumour."""
+def sampling_weights(masks: np.ndarray, positive_fraction: float, hard: np.ndarray | None = None,
+                     boost: float = 1.0) -> np.ndarray:
+    """Per-slice sampling weights so that ``positive_fraction`` of the drawn slices contain tumour; among the
+    tumour-free ones, the ``hard`` slices weigh ``boost`` times as much as the others.
+
+    Example:
+        >>> masks = np.zeros((4, 2, 2)); masks[0, 0, 0] = 1  # one tumour slice, three tumour-free
+        >>> sampling_weights(masks, 0.5).round(3).tolist()
+        [0.5, 0.167, 0.167, 0.167]
+        >>> sampling_weights(masks, 0.5, hard=np.array([False, True, False, False]), boost=4.0).round(3).tolist()
+        [0.5, 0.333, 0.083, 0.083]
+    """
     positive = masks.reshape(len(masks), -1).max(axis=1) > 0
     n_positive = max(1, int(positive.sum()))
-    n_negative = max(1, int((~positive).sum()))
-    return np.where(positive, positive_fraction / n_positive, (1 - positive_fraction) / n_negative)
+    negative_weight = np.where(hard & ~positive, boost, 1.0) if hard is not None else np.ones(len(masks))
+    negative_weight[positive] = 0.0
+    negative_total = max(float(negative_weight.sum()), 1e-12)
+    return np.where(positive, positive_fraction / n_positive,
+                    (1 - positive_fraction) * negative_weight / negative_total)
 
 
 def per_volume_dice(segmenter: Segmenter, cases: list[tuple[str, np.ndarray, np.ndarray]],
@@ -551,12 +575,22 @@ class TrainingRun:
                 raise ValueError(f"the teacher {config.teacher} was trained on another patient split: what it "
                                  "learned of this run's validation patients would leak into training")
             teacher = load_segmenter(config.teacher, device=self.device)
+        miner = None
+        if config.hard_negative_boost != 1.0:
+            if self.init_from is None:
+                raise ValueError("--hard-negative-boost needs --init: the starting weights' false alarms on the "
+                                 "training slices are the hard negatives")
+            miner = load_segmenter(self.init_from, device=self.device)
         slices = prepare_slices(train_cases, Preprocessor(config.preprocessing), "preparing training slices",
-                                skull_stripped=config.skull_strip > 0, teacher=teacher)
+                                skull_stripped=config.skull_strip > 0, teacher=teacher, miner=miner)
         self.validation = load_validation(validation_cases, skull_stripped=config.skull_strip > 0)
         self.dataset = SliceDataset(slices.images, slices.masks, training_augmentation(config.augmentation),
                                     slices.stripped, config.skull_strip, slices.teacher)
-        self.sampling_weights = sampling_weights(slices.masks, config.positive_fraction)
+        self.sampling_weights = sampling_weights(slices.masks, config.positive_fraction, slices.false_alarms,
+                                                 config.hard_negative_boost)
+        if slices.false_alarms is not None:
+            tqdm.write(f"hard negatives: {int(slices.false_alarms.sum())} tumour-free training slices marked by "
+                       f"{self.init_from}, drawn {config.hard_negative_boost:g} times as often")
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
 
     def has_checkpoint(self) -> bool:
