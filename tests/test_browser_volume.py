@@ -110,4 +110,11 @@ def test_viewer_scrolls_each_plane_and_moves_the_threshold_in_the_browser(server
     expect(page.get_by_text(f"Tumour at threshold {THRESHOLD_STEPS[step + 10]:.2f}:")).to_be_visible()
     expect(page.locator("[data-testid='stSidebar'] input[type=range]").first).to_have_value(
         str(THRESHOLD_STEPS[step + 10]), timeout=60_000)
+
+    # The page's own slice slider moves the viewer's crosshair to that slice.
+    page_slice = int(state["crosshair"].split(",")[2])
+    slice_slider = page.get_by_role("slider", name="Slice")
+    slice_slider.focus()
+    slice_slider.press("ArrowRight")
+    expect(canvas).to_have_attribute("data-crosshair", re.compile(rf",{page_slice + 1}$"), timeout=60_000)
     page.close()

@@ -137,8 +137,21 @@ export default function (component) {
   const state = parentElement.__mrisegViewer;
   // The scan and mask are fetched once per case; a rerun with the same case only moves the threshold.
   if (state && state.data.scan_url === data.scan_url && state.data.overlay_url === data.overlay_url) {
+    const previous = state.data;
     state.data = data;
     if (!state.nv) return;  // still loading: it starts at the step it was first given
+    const overlay = state.nv.volumes[1];
+    if (overlay.colormap !== data.colormap || overlay.opacity !== data.opacity) {  // the page's display settings
+      overlay.colormap = data.colormap;
+      overlay.opacity = data.opacity;
+      state.nv.updateGLVolume();
+    }
+    if (previous.crosshair[2] !== data.crosshair[2]) {  // the page's slice slider moved: follow it
+      state.vox = data.crosshair.slice();
+      state.nv.scene.crosshairPos = state.nv.vox2frac(state.vox);
+      state.nv.drawScene();
+      describe(state);
+    }
     // The server echoes each value sent; an echo of an older value (keys pressed faster than the page reruns)
     // must not pull the slider back. Any other server value (the sidebar, a reload) moves it.
     if (state.awaiting !== undefined && (data.step === state.awaiting || performance.now() - state.sentAt > 4000)) {
