@@ -687,10 +687,12 @@ def run_batch(inputs: Sequence[str | Path], out: str | Path, *, settings: ModelS
                 if result.status == OK:
                     target = out / f"{case.key}{result.mask_suffix}"
                     _write_atomically(target, result.mask)
+                    written = str(target)
                     if result.seg is not None:
                         _write_atomically(out / f"{case.key}{SEG_SUFFIX}", result.seg)
+                        written += f" and {out / f'{case.key}{SEG_SUFFIX}'}"
                     report.ok += 1
-                    _print(f"{case.label}: {result.size_text} -> {target}")
+                    _print(f"{case.label}: {result.size_text} -> {written}")
                 else:
                     report.failed += 1
                     report.failures.append(result.message)

@@ -217,6 +217,8 @@ def test_a_dicom_series_gets_a_dicom_seg_beside_its_nifti_mask(first_run, archiv
 
     out, result = first_run
     seg = hd.seg.segread(out / "dicom" / "series3_AX-FLAIR_seg.dcm")
+    assert f"-> {out / 'dicom' / 'series3_AX-FLAIR_mask.nii.gz'} and {out / 'dicom' / 'series3_AX-FLAIR_seg.dcm'}" \
+        in result.stdout
     assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID) == (STUDY_A, FRAME_OF_REFERENCE_A)
     assert {series for _, series, _ in seg.get_source_image_uids()} == {SERIES_A}
     nifti = np.asarray(nib.load(out / "dicom" / "series3_AX-FLAIR_mask.nii.gz").dataobj) > 0
