@@ -23,7 +23,8 @@ stored, each submission's answer time, and when the teacher's view (refreshed tw
 
 Run from the repository root:  .venv/bin/python benchmarks/class_load_test.py --sessions 30
 (or ``--draw --sessions 40``; ``--volume-every 3 --volume-kind brats``: 10 of the 30 upload BraTS-size volumes,
-which the app segments in the background, polled as the browser polls, first overlay and final overlay timed)
+which the app segments in the background, polled as the browser polls, first overlay and final overlay timed;
+``--hostile 2``: two of them upload a hostile file, which must be refused with a message)
 Options: ``--waves 2`` (a second class of new uploads: memory should stay bounded), ``--details`` (each student's
 timeline), ``--server-env NAME=VALUE`` (Streamlit settings for the server, e.g.
 ``STREAMLIT_SERVER_FILE_WATCHER_TYPE=none``, to compare against the configuration users run).
@@ -47,7 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,15 @@ class SessionError(RuntimeError):
 class Scan:
     name: str
     data: bytes
-    slices: int
+    slices: int  # 0: a hostile file, which must be refused with a message
+
+
+def hostile_dicom(index: int, name: str) -> Scan:
+    """A DICOM of under 1 kB that declares hundreds of 256x256 frames (issue 31's server killer), each student's
+    declaring another count."""
+    from helpers import dicom_declaring
+
+    return Scan(name, dicom_declaring(256, 256, 999 - index, 100), 0)
 
 
 def shifted_slice(image: str, shift: tuple[int, int], name: str) -> Scan:
@@ -133,17 +142,20 @@ def shifted_brats_volume(shift: tuple[int, int], name: str) -> Scan:
     return Scan(name, data, len(volume))
 
 
-def make_scans(count: int, wave: int, volume_every: int, volume_kind: str = "tiff") -> list[Scan]:
+def make_scans(count: int, wave: int, volume_every: int, volume_kind: str = "tiff", hostile: int = 0) -> list[Scan]:
     """Distinct uploads for one wave: shifted gallery slices, every ``volume_every``-th (0: none) a shifted
     volume: the gallery's 20-slice TIFF, or with ``volume_kind="brats"`` the BraTS-size NIfTI volume. Each wave
-    shifts further, so no wave repeats a scan (a repeat would be served from the prediction cache)."""
+    shifts further, so no wave repeats a scan (a repeat would be served from the prediction cache). The first
+    ``hostile`` students upload a hostile file instead (:func:`hostile_dicom`)."""
     entries = sample_index()
     slices = [entry["image"] for entry in entries if entry["category"] != "volume"]
     volume = next(entry["image"] for entry in entries if entry["category"] == "volume")
     slice_rows, volume_rows = count // len(slices) + 1, count // max(volume_every, 1) + 1  # rows a wave uses
     scans = []
     for index in range(count):
-        if volume_every and index % volume_every == volume_every - 1:
+        if index < hostile:
+            scans.append(hostile_dicom(wave * count + index, f"student_{wave}_{index:02d}.dcm"))
+        elif volume_every and index % volume_every == volume_every - 1:
             shift = (1 + wave * volume_rows + index // volume_every, 3)
             scans.append(shifted_brats_volume(shift, f"student_{wave}_{index:02d}.nii.gz") if volume_kind == "brats"
                          else shifted_volume(volume, shift, f"student_{wave}_{index:02d}.tif"))
@@ -165,6 +177,7 @@ class Run:
     overlay_at: float | None = None  # the first overlay: for a volume, the middle slice's preliminary one
     overlay_key: str = ""  # the threshold view's "pictures_key": "<sha256 of the file>:<slice>:<tta>:<preliminary>"
     final_at: float | None = None  # the overlay of the finished result
+    errors: list[str] = field(default_factory=list)  # the page's error messages
     finished_at: float | None = None
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     warnings: list[str] = field(default_factory=list)
@@ -255,14 +268,15 @@ class StreamlitClient:
         message.ParseFromString(raw)
         return message
 
-    async def rerun(self) -> Run:
-        """Run the main page (empty query string and page hash) with this client's widget values; wait for the end."""
+    async def rerun(self, errors_allowed: bool = False) -> Run:
+        """Run the main page (empty query string and page hash) with this client's widget values; wait for the end
+        (an error message on the page fails the session unless ``errors_allowed``)."""
         message = BackMsg()
         message.rerun_script.query_string = ""
         message.rerun_script.page_script_hash = ""
         message.rerun_script.widget_states.widgets.extend(self.widget_states.values())
         await self._send(message)
-        return await self._read_run()
+        return await self._read_run(errors_allowed)
 
     async def fragment_rerun(self, fragment_id: str) -> Run:
         """Rerun one fragment, as the browser does on a ``run_every`` timer; wait for the end (a fragment that
@@ -274,10 +288,12 @@ class StreamlitClient:
         await self._send(message)
         return await self._read_run()
 
-    async def _read_run(self) -> Run:
+    async def _read_run(self, errors_allowed: bool = False) -> Run:
         run, deadline = Run(), time.monotonic() + self.timeout
         while run.finished_at is None:
             self._dispatch(await self._receive(deadline), run)
+        if run.errors and not errors_allowed:
+            raise SessionError(f"error on the page: {run.errors[0]}")
         return run
 
     def _dispatch(self, message: ForwardMsg, run: Run) -> None:
@@ -311,7 +327,7 @@ class StreamlitClient:
         if kind == "exception":
             raise SessionError(f"exception on the page: {element.exception.type}: {element.exception.message}")
         if kind == "alert" and element.alert.format == element.alert.ERROR:
-            raise SessionError(f"error on the page: {element.alert.body}")
+            run.errors.append(element.alert.body)
         if kind == "alert" and element.alert.format == element.alert.WARNING:
             run.warnings.append(element.alert.body)
         if kind == "bidi_component" and element.bidi_component.component_name.endswith(OVERLAY_COMPONENT):
@@ -397,7 +413,13 @@ async def upload(student: Student) -> None:
     state = WidgetState()
     state.file_uploader_state_value.uploaded_file_info.append(info)
     client.set_widget("upload", state)  # sent beside the radio's value, which must stay on "Upload a file"
-    run = await client.rerun()
+    run = await client.rerun(errors_allowed=scan.slices == 0)
+    if scan.slices == 0:  # a hostile file: refused with a message, nothing segmented, the page still usable
+        if not run.errors or run.overlay_at is not None or run.kinds["file_uploader"] == 0:
+            raise SessionError(f"{scan.name}: a hostile file was not refused with a message: {dict(run.kinds)}")
+        student.overlay_s = student.final_s = student.finished_s = run.finished_at - student.sent_at
+        student.warnings = run.errors
+        return
     # A volume is segmented in the background: its page polls (a fragment on a timer) until the result is final.
     deadline = time.monotonic() + client.timeout
     while run.final_at is None:
@@ -504,6 +526,12 @@ def details(wave: Wave) -> None:
 
 
 def report(number: int, wave: Wave, target: float) -> None:
+    hostile = [student for student in wave.students if student.scan.slices == 0]
+    if hostile:
+        print(f"wave {number}: {len(hostile)} hostile uploads ({hostile[0].scan.name}: {len(hostile[0].scan.data)} "
+              f"bytes declaring hundreds of frames) refused after {max(s.finished_s for s in hostile):.1f} s at the "
+              f"slowest: {hostile[0].warnings[0]!r}")
+    wave = replace(wave, students=[student for student in wave.students if student.scan.slices > 0])
     overlay = np.array([student.overlay_s for student in wave.students])
     finished = np.array([student.finished_s for student in wave.students])
     volumes = sum(student.scan.slices > 1 for student in wave.students)
@@ -535,7 +563,8 @@ def report(number: int, wave: Wave, target: float) -> None:
 
 async def class_load_test(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
-    waves = [make_scans(args.sessions, wave, args.volume_every, args.volume_kind) for wave in range(args.waves)]
+    waves = [make_scans(args.sessions, wave, args.volume_every, args.volume_kind, args.hostile)
+             for wave in range(args.waves)]
     if len({scan.data for scans in waves for scan in scans}) != args.sessions * args.waves:
         raise ValueError("two students would upload the same scan")
     environment = dict(setting.split("=", 1) for setting in args.server_env)
@@ -727,6 +756,9 @@ def main() -> None:
     parser.add_argument("--volume-kind", choices=("tiff", "brats"), default="tiff",
                         help="the volume students upload: the gallery's 20-slice TIFF, or a BraTS-size NIfTI "
                              "(155x240x240); --volume-every 3 --volume-kind brats: 10 of 30 students upload one")
+    parser.add_argument("--hostile", type=int, default=0,
+                        help="this many students upload a hostile DICOM (under 1 kB, declaring hundreds of frames) "
+                             "instead, which must be refused with a message while the others are served")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a session may wait for one answer")
     parser.add_argument("--target", type=float, default=10.0, help="'students per core' counts overlays within it")
     parser.add_argument("--details", action="store_true", help="print each student's timeline")

@@ -23,7 +23,7 @@ from mriseg.app.visualize import (
     to_png,
 )
 from mriseg.app.volume_viewer import volume_viewer
-from mriseg.data.dicom_seg import missing_references
+from mriseg.data.dicom_seg import seg_problem
 from mriseg.data.io import mask_to_dicom_seg, mask_to_nifti, mask_to_png
 from mriseg.metrics import tumour_size
 from mriseg.postprocessing import removed_regions
@@ -283,10 +283,10 @@ def result_view() -> None:
 
 def dicom_seg_download(column, mask: np.ndarray, volume, stem: str) -> None:
     """A DICOM scan's mask as a DICOM SEG that references its series (PACS, OHIF, 3D Slicer), made when asked for;
-    a series stripped of the UIDs a SEG references gets a line saying so instead."""
-    missing = missing_references(volume.dicom_headers)
-    if missing:
-        column.caption(f"No DICOM SEG: the series has no {', '.join(missing)}. The NIfTI mask opens in 3D Slicer.")
+    a series no SEG can be made of (stripped of the UIDs a SEG references, say) gets a line saying why instead."""
+    problem = seg_problem(volume.dicom_headers)
+    if problem:
+        column.caption(f"No DICOM SEG: {problem}. The NIfTI mask opens in 3D Slicer.")
         return
     column.download_button("Mask (DICOM SEG)", partial(mask_to_dicom_seg, mask, volume, model_version=model.version),
                            f"{stem}_seg.dcm", "application/dicom",
@@ -324,9 +324,8 @@ def viewer(volume, mask: np.ndarray, index: int) -> None:
     crosshair = (index, int(np.median(rows)), int(np.median(columns)))
     volume_viewer(volume, files, threshold, crosshair, colour=kept.get("colour", "red"),
                   opacity=kept.get("opacity", DISPLAY_DEFAULTS["opacity"]), presenter=view.presenter,
-                  on_threshold_change=webapp.threshold_from_volume_viewer)
-    if st.session_state.pop("threshold_moved_in_view", False):
-        st.rerun()
+                  on_threshold_change=partial(webapp.threshold_released, "volume_viewer"))
+    webapp.follow_released_threshold()
     if volume.spacing is None:
         st.caption("This file records no voxel spacing: the 3D viewer assumes slices 4 times thicker than a pixel, "
                    "for display only; proportions may be off.")

@@ -110,3 +110,13 @@ def test_only_dicom_scans_get_a_seg():
     volume = read_volume((SAMPLES / "TCGA_HT_8563_19981209_11.png").read_bytes(), "slice.png")
     with pytest.raises(InputError, match="only be made for a DICOM scan"):
         mask_to_dicom_seg(np.zeros(volume.shape, bool), volume, model_version="v")
+
+
+def test_a_multiframe_file_whose_frames_differ_in_spacing_says_why_there_is_no_seg():
+    from mriseg.data.dicom_seg import header, seg_problem
+
+    data = enhanced_dicom(blob_volume(), *PLANES["axial"], **references())
+    dataset = header(data)
+    assert seg_problem([dataset]) is None
+    dataset.PerFrameFunctionalGroupsSequence[3].PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.5]
+    assert seg_problem([dataset]) == "the frames of the multi-frame file differ in pixel spacing or orientation"

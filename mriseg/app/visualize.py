@@ -91,23 +91,6 @@ def near_threshold(probabilities: np.ndarray, threshold: float, margin: float = 
     return np.abs(np.asarray(probabilities) - threshold) <= margin
 
 
-def reformat(volume: np.ndarray, plane: str, position: int, stretch: float = 1.0) -> np.ndarray:
-    """A coronal (fixed image row) or sagittal (fixed image column) plane of a (slices, H, W) volume.
-
-    The slice axis becomes the vertical one, with the top of the head up (slice 1 is the lowest), stretched by
-    ``stretch`` (slice thickness over pixel spacing) so anatomy keeps its proportions.
-    """
-    if plane == "coronal":
-        picture = volume[:, position, :]
-    elif plane == "sagittal":
-        picture = volume[:, :, position]
-    else:
-        raise ValueError(f"plane must be 'coronal' or 'sagittal', got {plane!r}")
-    picture = np.ascontiguousarray(picture[::-1]).astype(np.float32)
-    height = max(1, int(round(picture.shape[0] * stretch)))
-    return cv2.resize(picture, (picture.shape[1], height), interpolation=cv2.INTER_LINEAR)
-
-
 # Chart colours that read on the app's dark theme (.streamlit/config.toml): one colour per kind of quantity, the same
 # on every page, so Dice is never confused with IoU, or a loss with a score. From the Okabe-Ito palette, which stays
 # distinct for colour-blind readers; the threshold marker takes the theme's primary colour.

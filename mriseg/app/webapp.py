@@ -292,22 +292,13 @@ def viewer_cache() -> LRUCache:
 
 def volume_viewer_files(model: LoadedModel, case: Case, masks: ThresholdMasks, tta: bool) -> ViewerFiles:
     """The files the volume viewer fetches for this case; made once per prediction, shared by every session."""
-    key = (case.digest, model.version, str(model.segmenter.device), tta)
+    key = prediction_key(model, case, tta)
     cache = viewer_cache()
     files = cache.get(key)
     if files is None:
         files = viewer_files(case.volume, masks)
         cache.put(key, files)
     return files
-
-
-def threshold_from_volume_viewer() -> None:
-    """The volume viewer's slider was released: its value becomes the shared threshold, and the whole page reruns
-    (the viewer sits in a fragment, whose own rerun would leave the page's numbers behind)."""
-    chosen = st.session_state["volume_viewer"]["threshold"]
-    if chosen is not None:
-        st.session_state["threshold"] = float(chosen)
-        st.session_state["threshold_moved_in_view"] = True
 
 
 _THRESHOLD_VIEW = st.components.v2.component("mriseg_threshold_view", html=COMPONENT_HTML, css=COMPONENT_CSS,
@@ -322,12 +313,20 @@ class Picture:
     caption: str
 
 
-def _threshold_from_view() -> None:
-    """The view's slider was released: its value becomes the shared threshold, and the whole page reruns."""
-    chosen = st.session_state["threshold_view"]["threshold"]
+def threshold_released(key: str) -> None:
+    """The threshold slider of component ``key`` (the threshold view, the volume viewer) was released: its value
+    becomes the shared threshold, and :func:`follow_released_threshold` reruns the whole page."""
+    chosen = st.session_state[key]["threshold"]
     if chosen is not None:
         st.session_state["threshold"] = float(chosen)
         st.session_state["threshold_moved_in_view"] = True
+
+
+def follow_released_threshold() -> None:
+    """After a component with a threshold slider: the components sit in fragments, whose own rerun would leave the
+    page's numbers behind, so a released threshold reruns the whole page."""
+    if st.session_state.pop("threshold_moved_in_view", False):
+        st.rerun()
 
 
 def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: float, image: Picture,
@@ -377,9 +376,8 @@ def threshold_view(case: Case, masks: ThresholdMasks, index: int, threshold: flo
         "reading_size": "1.6rem" if presenter else "1.1rem",
     }
     _THRESHOLD_VIEW(data=data, key="threshold_view", default={"threshold": None},
-                    on_threshold_change=_threshold_from_view)
-    if st.session_state.pop("threshold_moved_in_view", False):
-        st.rerun()  # from inside a fragment: rerun the whole page, whose numbers follow the threshold
+                    on_threshold_change=partial(threshold_released, "threshold_view"))
+    follow_released_threshold()
 
 
 @dataclass(frozen=True)

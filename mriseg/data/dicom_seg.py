@@ -111,13 +111,10 @@ def with_missing_empty(dataset: Dataset) -> Dataset:
 
 def with_shared_geometry(dataset: Dataset) -> Dataset:
     """An enhanced multi-frame source as highdicom reads it: highdicom takes the pixel measures and orientation from
-    the shared functional groups only, and a file may give them per frame (the same for every frame, or no SEG)."""
+    the shared functional groups only, and a file may give them per frame (the same for every frame: see
+    :func:`seg_problem`)."""
     if "PerFrameFunctionalGroupsSequence" not in dataset:
         return dataset
-    geometry = frame_geometry(dataset)
-    if any(not np.allclose(spacing, geometry[0][2]) or not np.allclose(orientation, geometry[0][1])
-           for _, orientation, spacing in geometry):
-        raise InputError("no DICOM SEG: the frames of this multi-frame file differ in pixel spacing or orientation")
     copy = _copy(dataset)
     shared = _copy((dataset.get("SharedFunctionalGroupsSequence") or [Dataset()])[0])
     first = dataset.PerFrameFunctionalGroupsSequence[0]
@@ -128,9 +125,20 @@ def with_shared_geometry(dataset: Dataset) -> Dataset:
     return copy
 
 
-def missing_references(headers: list[Dataset]) -> list[str]:
-    """The attributes a SEG needs that the source series lacks (an anonymiser may have removed them)."""
-    return [name for name in REQUIRED if any(name not in dataset for dataset in headers)]
+def seg_problem(headers: list[Dataset]) -> str | None:
+    """Why no DICOM SEG can be made of this series (None when one can): the attributes a SEG references that the
+    series lacks (an anonymiser may have removed them), or a multi-frame file whose frames differ in pixel spacing
+    or orientation (a SEG shares one for all its frames)."""
+    missing = [name for name in REQUIRED if any(name not in dataset for dataset in headers)]
+    if missing:
+        return (f"the series has no {', '.join(missing)} (removed by anonymisation?), so a SEG could not "
+                "reference it")
+    for dataset in headers:
+        geometry = frame_geometry(dataset)
+        if any(not np.allclose(spacing, geometry[0][2]) or not np.allclose(orientation, geometry[0][1])
+               for _, orientation, spacing in geometry):
+            return "the frames of the multi-frame file differ in pixel spacing or orientation"
+    return None
 
 
 def mask_to_dicom_seg(mask_ras: np.ndarray, affine: np.ndarray, headers: list[Dataset], *,
@@ -144,14 +152,13 @@ def mask_to_dicom_seg(mask_ras: np.ndarray, affine: np.ndarray, headers: list[Da
         model_version: the weights' version, recorded as the algorithm's version.
 
     Raises:
-        InputError: the series lacks what a SEG must reference, or its pixels are not the segmented grid.
+        InputError: :func:`seg_problem` names a problem, or the series' pixels are not the segmented grid.
     """
     import highdicom as hd
 
-    missing = missing_references(headers)
-    if missing:
-        raise InputError(f"no DICOM SEG: the series has no {', '.join(missing)} (removed by anonymisation?), "
-                         "so a SEG could not reference it; the NIfTI mask has the same content")
+    problem = seg_problem(headers)
+    if problem:
+        raise InputError(f"no DICOM SEG: {problem}; the NIfTI mask has the same content")
     frames = source_frames(mask_ras, affine, headers)
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label=SEGMENT_LABEL,

@@ -15,13 +15,22 @@ async function fetchBuffer(url) {
   return response.arrayBuffer();
 }
 
+// The voxels tumour at some step (code not 0): the only ones a threshold step can change.
+function candidatesOf(code) {
+  let n = 0;
+  for (let i = 0; i < code.length; i++) n += code[i] !== 0;
+  const candidates = new Uint32Array(n);
+  for (let i = 0, k = 0; i < code.length; i++) if (code[i] !== 0) candidates[k++] = i;
+  return candidates;
+}
+
 function applyStep(state, step) {
   const overlay = state.nv.volumes[1];
   const img = overlay.img, code = state.code;
   let count = 0;
-  for (let i = 0; i < code.length; i++) {
+  for (const i of state.candidates) {  // every other voxel stays 0
     const c = code[i];
-    const on = c !== 0 && (c & 255) <= step && step < (c >> 8);
+    const on = (c & 255) <= step && step < (c >> 8);
     img[i] = on ? 1 : 0;
     count += on;
   }
@@ -32,24 +41,16 @@ function applyStep(state, step) {
   state.nv.updateGLVolume();
 }
 
-// Tumour voxels on the crosshair's slice of each plane, at the current step.
+// Tumour voxels on the crosshair's slice of each plane, at the current step (the three planes only).
 function planeCounts(state) {
   const [nx, ny, nz] = state.dims;
   const [x, y, z] = state.vox;
   const img = state.nv.volumes[1].img;
+  const at = (i, j, k) => img[(k * ny + j) * nx + i];
   const counts = { axial: 0, coronal: 0, sagittal: 0 };
-  for (let k = 0; k < nz; k++) {
-    for (let j = 0; j < ny; j++) {
-      const row = (k * ny + j) * nx;
-      for (let i = 0; i < nx; i++) {
-        if (img[row + i]) {
-          counts.axial += k === z;
-          counts.coronal += j === y;
-          counts.sagittal += i === x;
-        }
-      }
-    }
-  }
+  for (let j = 0; j < ny; j++) for (let i = 0; i < nx; i++) counts.axial += at(i, j, z);
+  for (let k = 0; k < nz; k++) for (let i = 0; i < nx; i++) counts.coronal += at(i, y, k);
+  for (let k = 0; k < nz; k++) for (let j = 0; j < ny; j++) counts.sagittal += at(x, j, k);
   return counts;
 }
 
@@ -93,10 +94,12 @@ async function build(parentElement, data, setStateValue) {
   const overlay = nv.volumes[1];
   overlay.colormap = data.colormap;
   overlay.opacity = data.opacity;
+  const code = overlay.img.slice();
   const state = {
-    nv, root, data, code: overlay.img.slice(), dims: overlay.hdr.dims.slice(1, 4),
+    nv, root, data, code, candidates: candidatesOf(code), dims: overlay.hdr.dims.slice(1, 4),
     vox: data.crosshair.slice(), step: data.step, count: 0,
   };
+  overlay.img.fill(0);  // from here on the overlay holds the mask of one step
   nv.setSliceType(MULTIPLANAR);
   nv.setClipPlane([0.1, 270, 0]);  // the 3D view cut open through the middle, so the tumour inside shows
   applyStep(state, data.step);
