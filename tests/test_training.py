@@ -309,6 +309,7 @@ def test_a_teacher_is_learned_from_and_must_share_the_split(kaggle_folder, tmp_p
 
 
 def test_hard_negatives_are_the_starting_weights_false_alarms(kaggle_folder, tmp_path, slice_samples, segmenter):
+    from mriseg.data.brain_extraction import strip_skull
     from mriseg.data.lgg import find_cases
     from mriseg.postprocessing import binarize
     from mriseg.training.trainer import prepare_slices
@@ -321,6 +322,14 @@ def test_hard_negatives_are_the_starting_weights_false_alarms(kaggle_folder, tmp
                              for volume, _ in loaded])
     assert len(slices.false_alarms) == len(slices.masks) and tumour_free.any()
     np.testing.assert_array_equal(slices.false_alarms, marked & tumour_free)
+
+    # a run that shows stripped slices mines the stripped copies too: their false alarms join the originals'
+    with_stripped = prepare_slices(cases, Preprocessor(PreprocessingConfig(grid_size=64)), "slices",
+                                   skull_stripped=True, miner=segmenter)
+    marked_stripped = np.concatenate([
+        binarize(segmenter.predict(strip_skull(volume, mask)[0]).mean, segmenter.postprocessing).any(axis=(1, 2))
+        for volume, mask in loaded])
+    np.testing.assert_array_equal(with_stripped.false_alarms, (marked | marked_stripped) & tumour_free)
 
     split, config = tiny_run(slice_samples, tmp_path, epochs=1)
     first = tmp_path / "first" / "best"
