@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,10 @@ def _segmenter(args: argparse.Namespace):
     segmenter = load_segmenter(folder, device=args.device, precision="fp32" if args.fp32 else "auto")
     config = read_config(folder)
     print(f"model: {folder}  device: {segmenter.device_label}", file=sys.stderr)
+    overrides = dict(getattr(args, "postprocessing", None) or [])
+    if overrides:
+        segmenter.postprocessing = replace(segmenter.postprocessing, **overrides)
+        print(f"post-processing: {segmenter.postprocessing}", file=sys.stderr)
     # A model exported with --tta was tuned and scored with it, so it is used with it.
     return segmenter, config, args.tta or bool(config.get("tta_default"))
 
@@ -217,6 +222,30 @@ def non_negative(kind: type[int] | type[float]):
     return parse
 
 
+def postprocessing_setting(text: str) -> tuple[str, object]:
+    """``--postprocessing KEY=VALUE``: one field of the post-processing, typed as the field is.
+
+    Example:
+        >>> postprocessing_setting("volume_score=mass_x_slices"), postprocessing_setting("fill_holes=no")
+        (('volume_score', 'mass_x_slices'), ('fill_holes', False))
+    """
+    from mriseg.postprocessing import PostprocessingConfig
+
+    key, _, value = text.partition("=")
+    defaults = PostprocessingConfig().to_dict()
+    if key not in defaults or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY one of {', '.join(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "yes", "1", "false", "no", "0"):
+            raise argparse.ArgumentTypeError(f"{key} is true or false, not {value!r}")
+        return key, value.lower() in ("true", "yes", "1")
+    try:
+        return key, type(default)(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key} needs a {type(default).__name__}, not {value!r}") from None
+
+
 def epoch_list(text: str) -> list[int]:
     """``"55-67"`` or ``"40,45,50"`` (or a mix) as a sorted list of epoch numbers."""
     epochs: set[int] = set()
@@ -358,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--variant", choices=VARIANTS, default="original",
                              help="score copies of the patients as other sources deliver scans: skull-stripped, "
                                   "resampled (1 mm-like, thin slices), brats-like (both, z-scored brain on 0)")
+        command.add_argument("--postprocessing", type=postprocessing_setting, action="append",
+                             metavar="KEY=VALUE",
+                             help="score with this post-processing setting instead of the weights' own (repeat "
+                                  "for several), e.g. --postprocessing volume_score=mass_x_slices")
 
     evaluate = commands.add_parser("evaluate", help="per-volume Dice and more on a folder in the Kaggle layout")
     add_patient_options(evaluate, "write the JSON report here")

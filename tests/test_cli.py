@@ -128,6 +128,21 @@ def test_weights_tuned_with_tta_are_evaluated_with_it(tmp_path, kaggle_folder):
     assert json.loads(report_path.read_text())["tta"] is True
 
 
+def test_evaluate_scores_another_postprocessing_on_request(tmp_path, kaggle_folder):
+    report_path = tmp_path / "report.json"
+    result = mriseg("evaluate", "--data", str(kaggle_folder), "--out", str(report_path), "--device", "cpu",
+                    "--postprocessing", "threshold=0.9", "--postprocessing", "min_volume_fraction=0")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["threshold"] == 0.9 and report["min_volume_fraction"] == 0.0
+    at_09 = next(row for row in report["threshold_sweep"] if row["threshold"] == 0.9)
+    assert at_09["per_volume_dice_mean"] == pytest.approx(report["per_volume_dice"]["mean"])
+    for setting, message in (("colour=red", "KEY one of threshold"), ("fill_holes=maybe", "true or false"),
+                             ("threshold=high", "needs a float")):
+        result = mriseg("evaluate", "--data", str(kaggle_folder), "--postprocessing", setting)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--workers", "-1", "--workers: -1 is negative"), ("--workers", "two", "--workers: 'two' is not a whole number"),
     ("--minutes", "-5", "--minutes: -5.0 is negative"), ("--minutes", "soon", "--minutes: 'soon' is not a number")])
