@@ -276,7 +276,8 @@ def _export(args: argparse.Namespace) -> int:
 
     # Written beside the run unless --out says otherwise: shipping a model over weights/ is a deliberate step.
     out = args.out or Path(args.run) / "weights"
-    report = export_run(args.run, args.data, out, tta=args.tta, device=args.device, source=args.source)
+    report = export_run(args.run, args.data, out, tta=args.tta, device=args.device, source=args.source,
+                        postprocessing_settings=dict(args.postprocessing or []))
     print(format_report(report))
     print(f"weights folder written: {out}")
     return 0
@@ -439,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None,
                         help="weights folder to write (default: <run>/weights; --out weights ships it)")
     export.add_argument("--tta", action="store_true", help="tune and evaluate with mirror test-time augmentation")
+    export.add_argument("--postprocessing", type=postprocessing_setting, action="append", metavar="KEY=VALUE",
+                        help="after tuning, set this post-processing setting (repeat for several): a rule chosen by "
+                             "a paired comparison, e.g. --postprocessing volume_score=mass_x_slices")
     export.add_argument("--device", default="auto", help="auto, cpu or cuda")
     export.set_defaults(handler=_export)
 

@@ -72,6 +72,18 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, mo
     assert "By scanner site (per-volume Dice mean): " in card and "What the probability map means: " in card
     segmenter = load_segmenter(tmp_path / "shipped", device="cpu")
     assert segmenter.postprocessing.threshold == report["threshold"]
+    assert set(report["robustness"]) == {"skull-stripped", "resampled", "brats-like"}
+    assert "BraTS-like copies" in card and "resampled copies" in card
+
+    # A rule chosen elsewhere replaces the tuned 3D filter; the threshold stays tuned; the card says the rule.
+    rule = {"volume_score": "mass_x_slices", "min_volume_fraction": 0.117}
+    ruled = export_run(stage2, kaggle_folder, tmp_path / "ruled", device="cpu", source="average",
+                       postprocessing_settings=rule)
+    post = read_config(tmp_path / "ruled")["postprocessing"]
+    assert {key: post[key] for key in rule} == rule and post["threshold"] == ruled["threshold"] == report["threshold"]
+    assert load_segmenter(tmp_path / "ruled", device="cpu").postprocessing.volume_score == "mass_x_slices"
+    assert "times the number of slices it spans is under 11.7% of the largest one's removed" in \
+        (tmp_path / "ruled" / "README.md").read_text()
 
     # A third stage from the averaged weights continues after the last averaged epoch.
     train(kaggle_folder, tmp_path / "stage3", split, TrainConfig(epochs=1, **tiny), device="cpu",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -52,7 +53,7 @@ CARD_TEMPLATE = "card_template.md"  # in the mriseg.weights package
 
 
 def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, tta: bool = False,
-               device: str = "auto", source: str = "best") -> dict:
+               device: str = "auto", source: str = "best", postprocessing_settings: dict | None = None) -> dict:
     """Tune, evaluate and package ``<run_dir>/<source>`` into ``out_dir``; returns the validation report.
 
     Args:
@@ -63,6 +64,7 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
         device: "auto", "cpu" or "cuda".
         source: the weights folder inside the run: ``best`` (the best epoch) or ``average`` (see
             :func:`mriseg.training.averaging.average_epochs`).
+        postprocessing_settings: post-processing fields that replace the tuned ones (see :func:`export_model`).
     """
     run_dir = Path(run_dir)
     model, config = load_model(run_dir / source)
@@ -70,7 +72,8 @@ def export_run(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, t
     stopped = stopped_at_epoch(config, training_log)
     if stopped is not None:
         config = dict(config, stopped_at_epoch=stopped)
-    return export_model(model, config, training_log, data_dir, out_dir, tta=tta, device=device)
+    return export_model(model, config, training_log, data_dir, out_dir, tta=tta, device=device,
+                        postprocessing_settings=postprocessing_settings)
 
 
 def stopped_at_epoch(config: dict, training_log: str) -> int | None:
@@ -101,7 +104,8 @@ def robustness_summary(report: dict) -> dict:
 
 def export_model(model: Segmentation, config: dict, training_log: str, data_dir: str | Path, out_dir: str | Path,
                  tta: bool = False, device: str = "auto",
-                 robustness_variants: tuple[str, ...] = ("skull-stripped", "brats-like")) -> dict:
+                 robustness_variants: tuple[str, ...] = ("skull-stripped", "resampled", "brats-like"),
+                 postprocessing_settings: dict | None = None) -> dict:
     """Tune post-processing on the validation patients of ``config``'s split, evaluate, write the weights folder.
 
     Args:
@@ -115,6 +119,8 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
         robustness_variants: copies of the validation patients (:mod:`mriseg.evaluation.robustness`) also scored
             with the tuned post-processing, reported in ``evaluation.json`` and the model card; never used for
             tuning.
+        postprocessing_settings: post-processing fields set after tuning, replacing the tuned ones (a rule chosen
+            by a paired comparison elsewhere, e.g. ``{"volume_score": "mass_x_slices"}``).
 
     Returns:
         The validation report (also written to ``evaluation.json``).
@@ -127,6 +133,7 @@ def export_model(model: Segmentation, config: dict, training_log: str, data_dir:
     segmenter = Segmenter(model, PreprocessingConfig.from_dict(config["preprocessing"]), device=device)
     predictions = predict_cases(segmenter, cases, tta=tta)
     postprocessing, _ = tune_postprocessing(predictions)
+    postprocessing = replace(postprocessing, **(postprocessing_settings or {}))
     report = summarize(predictions, postprocessing)
     report.update(tta=tta, patients_seen_in_training=0,
                   subset="validation patients of the committed split (splits/lgg-flair.json)")
@@ -186,7 +193,7 @@ def model_card(config: dict, report: dict) -> str:
         input=describe_input(preprocessing), normalization=describe_normalization(preprocessing),
         clip_low=preprocessing["clip_low"], clip_high=preprocessing["clip_high"], grid=preprocessing["grid_size"],
         threshold=f"{post['threshold']:.2f}", fill_note=fill_note(post),
-        min_component=f"{post['min_component_fraction']:.2%}", min_volume=f"{post['min_volume_fraction']:.0%}",
+        min_component=f"{post['min_component_fraction']:.2%}", volume_filter=volume_filter_note(post),
         n_train=len(config["split"]["train"]), n_validation=len(config["split"]["validation"]),
         weight_decay=training["weight_decay"], batch_size=training["batch_size"],
         augmentation_note=augmentation_note(stages),
@@ -247,6 +254,32 @@ def fill_note(postprocessing: dict) -> str:
     """The card's note on filled holes, when the post-processing fills them."""
     return (" holes the mask encloses on a slice filled (a dark core inside the abnormality counts as tumour, "
             "as in the training masks);" if postprocessing.get("fill_holes") else "")
+
+
+def volume_filter_note(postprocessing: dict) -> str:
+    """The card's words for the 3D filter of volumes (:class:`mriseg.postprocessing.PostprocessingConfig`).
+
+    Example:
+        >>> volume_filter_note({"min_volume_fraction": 0.2})
+        '3D components smaller than 20% of the largest one removed (all three tuned on the validation patients)'
+    """
+    fraction = postprocessing["min_volume_fraction"]
+    score = postprocessing.get("volume_score", "voxels")
+    if score == "voxels":
+        note = f"3D components smaller than {fraction:.0%} of the largest one removed (all three tuned on the " \
+               "validation patients)"
+    else:
+        measure = "summed probability" + (" times the number of slices it spans" if score == "mass_x_slices" else "")
+        note = (f"3D components whose {measure} is under {fraction:.1%} of the largest one's removed, so a thin "
+                "confident blob on a few slices weighs little against a tumour that extends across slices "
+                "(threshold and speck filter tuned on the validation patients, this rule set by reasoning and "
+                "paired on them and on the training patients: docs/experiments.md)")
+    peak = postprocessing.get("min_peak_probability")
+    if peak:
+        note += f"; components whose highest probability stays under {peak:.2f} removed"
+    if postprocessing.get("keep_attached_specks"):
+        note += "; 2D specks touching a kept component kept"
+    return note
 
 
 ROBUSTNESS_LABELS = {
