@@ -172,19 +172,20 @@ def judge_components(mask: np.ndarray, probabilities: np.ndarray, min_fraction: 
     if not mask.any():
         return mask
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    flat = labels.ravel()
-    values = np.asarray(probabilities, dtype=np.float32)
+    inside = labels[mask]  # only the voxels above the threshold: a fraction of the box, and of the time
     if score == "voxels":
-        scores = np.bincount(flat, minlength=count + 1).astype(np.float64)
+        scores = np.bincount(inside, minlength=count + 1).astype(np.float64)
     else:
-        scores = np.bincount(flat, weights=values.ravel(), minlength=count + 1)
+        scores = np.bincount(inside, weights=np.asarray(probabilities)[mask].astype(np.float64), minlength=count + 1)
     if score == "mass_x_slices":
         spans = [0] + [where[0].stop - where[0].start for where in ndimage.find_objects(labels)]
         scores = scores * np.asarray(spans)
     scores[0] = 0  # the background
     kept = scores >= min_fraction * scores[1:].max()
     if min_peak > 0:
-        kept[1:] &= np.asarray(ndimage.maximum(values, labels, np.arange(1, count + 1))) >= min_peak
+        peaks = np.full(count + 1, -np.inf)
+        np.maximum.at(peaks, inside, np.asarray(probabilities)[mask])
+        kept[1:] &= peaks[1:] >= min_peak
     kept[0] = False
     return kept[labels]
 

@@ -82,7 +82,7 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, mo
     post = read_config(tmp_path / "ruled")["postprocessing"]
     assert {key: post[key] for key in rule} == rule and post["threshold"] == ruled["threshold"] == report["threshold"]
     assert load_segmenter(tmp_path / "ruled", device="cpu").postprocessing.volume_score == "mass_x_slices"
-    assert "times the number of slices it spans is under 11.7% of the largest one's removed" in \
+    assert "times the number of slices they span is under 11.7% of the largest one's removed" in \
         (tmp_path / "ruled" / "README.md").read_text()
 
     # A third stage from the averaged weights continues after the last averaged epoch.

@@ -269,7 +269,7 @@ def volume_filter_note(postprocessing: dict) -> str:
         note = f"3D components smaller than {fraction:.0%} of the largest one removed (all three tuned on the " \
                "validation patients)"
     else:
-        measure = "summed probability" + (" times the number of slices it spans" if score == "mass_x_slices" else "")
+        measure = "summed probability" + (" times the number of slices they span" if score == "mass_x_slices" else "")
         note = (f"3D components whose {measure} is under {fraction:.1%} of the largest one's removed, so a thin "
                 "confident blob on a few slices weighs little against a tumour that extends across slices "
                 "(threshold and speck filter tuned on the validation patients, this rule set by reasoning and "
