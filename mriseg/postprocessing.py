@@ -54,6 +54,22 @@ class PostprocessingConfig(DictConfig):
         if self.volume_score not in VOLUME_SCORES:
             raise ValueError(f"volume_score must be one of {', '.join(VOLUME_SCORES)}, not {self.volume_score!r}")
 
+    def volume_filter_rule(self) -> str:
+        """What the 3D filter keeps, in words (the app's note on a removed region, the model card).
+
+        Example:
+            >>> PostprocessingConfig(min_volume_fraction=0.2).volume_filter_rule()
+            'keeps only components at least 20% of the largest'
+            >>> config = PostprocessingConfig(min_volume_fraction=0.117, volume_score="mass_x_slices")
+            >>> rule = config.volume_filter_rule()
+            >>> rule.removeprefix("keeps only components whose summed probability times the slices they span ")
+            "is at least 11.7% of the largest one's"
+        """
+        if self.volume_score == "voxels":
+            return f"keeps only components at least {self.min_volume_fraction:.0%} of the largest"
+        measure = "summed probability" + (" times the slices they span" if self.volume_score == "mass_x_slices" else "")
+        return f"keeps only components whose {measure} is at least {self.min_volume_fraction:.1%} of the largest one's"
+
     @property
     def judges_volumes(self) -> bool:
         """Whether the volume-level options (score, peak, attached specks) differ from the plain 3D filter."""

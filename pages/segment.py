@@ -137,7 +137,7 @@ def removal_reason(reason: str) -> str:
         slice_area = case.volume.shape[1] * case.volume.shape[2]
         return (f"the 2D filter removes specks under {round(config.min_component_fraction * slice_area):,} px "
                 f"({config.min_component_fraction:.1%} of the slice).")
-    return f"the 3D filter keeps only components at least {config.min_volume_fraction:.0%} of the largest."
+    return f"the 3D filter {config.volume_filter_rule()}."
 
 
 def measurements(index: int) -> None:

@@ -70,7 +70,7 @@ def test_a_region_the_3d_filter_removes_is_said_so(segmenter):
     note = next(c.value for c in at.caption if "is not outlined" in c.value)
     assert note.startswith(f":material/filter_alt: A region of {region['voxels']:,} px (peak probability "
                            f"{region['peak']:.2f}) on slices {region['first_slice'] + 1}-{region['last_slice'] + 1} "
-                           "is not outlined: the 3D filter keeps only components at least 20% of the largest.")
+                           "is not outlined: the 3D filter " + segmenter.postprocessing.volume_filter_rule() + ".")
 
 
 def test_colour_photograph_gets_no_meaningful_area():

@@ -82,8 +82,9 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, mo
     post = read_config(tmp_path / "ruled")["postprocessing"]
     assert {key: post[key] for key in rule} == rule and post["threshold"] == ruled["threshold"] == report["threshold"]
     assert load_segmenter(tmp_path / "ruled", device="cpu").postprocessing.volume_score == "mass_x_slices"
-    assert "times the number of slices they span is under 11.7% of the largest one's removed" in \
-        (tmp_path / "ruled" / "README.md").read_text()
+    card = (tmp_path / "ruled" / "README.md").read_text()
+    assert "a 3D filter keeps only components whose summed probability times the slices they span is at least " \
+           "11.7%" in card
 
     # A third stage from the averaged weights continues after the last averaged epoch.
     train(kaggle_folder, tmp_path / "stage3", split, TrainConfig(epochs=1, **tiny), device="cpu",

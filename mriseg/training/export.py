@@ -28,6 +28,7 @@ from mriseg.evaluation.report import (
 )
 from mriseg.inference import Segmenter
 from mriseg.model import Segmentation
+from mriseg.postprocessing import PostprocessingConfig
 from mriseg.preprocessing import PreprocessingConfig
 from mriseg.training.trainer import LOG_NAME, TrainConfig
 from mriseg.weights.bundle import (
@@ -263,17 +264,15 @@ def volume_filter_note(postprocessing: dict) -> str:
         >>> volume_filter_note({"min_volume_fraction": 0.2})
         '3D components smaller than 20% of the largest one removed (all three tuned on the validation patients)'
     """
-    fraction = postprocessing["min_volume_fraction"]
-    score = postprocessing.get("volume_score", "voxels")
-    if score == "voxels":
-        note = f"3D components smaller than {fraction:.0%} of the largest one removed (all three tuned on the " \
-               "validation patients)"
+    config = PostprocessingConfig.from_dict(postprocessing)
+    if config.volume_score == "voxels":
+        note = f"3D components smaller than {config.min_volume_fraction:.0%} of the largest one removed (all three " \
+               "tuned on the validation patients)"
     else:
-        measure = "summed probability" + (" times the number of slices they span" if score == "mass_x_slices" else "")
-        note = (f"3D components whose {measure} is under {fraction:.1%} of the largest one's removed, so a thin "
-                "confident blob on a few slices weighs little against a tumour that extends across slices "
-                "(threshold and speck filter tuned on the validation patients, this rule set by reasoning and "
-                "paired on them and on the training patients: docs/experiments.md)")
+        note = (f"a 3D filter {config.volume_filter_rule()}, so a thin confident blob on a few slices weighs "
+                "little against a tumour that extends across slices (threshold and speck filter tuned on the "
+                "validation patients, this rule set by reasoning and paired on them and on the training patients: "
+                "docs/experiments.md)")
     peak = postprocessing.get("min_peak_probability")
     if peak:
         note += f"; components whose highest probability stays under {peak:.2f} removed"
