@@ -85,6 +85,7 @@ def test_train_restart_average_export(kaggle_folder, tmp_path, slice_samples, mo
     card = (tmp_path / "ruled" / "README.md").read_text()
     assert "a 3D filter keeps only components whose summed probability times the slices they span is at least " \
            "11.7%" in card
+    assert "--postprocessing volume_score=mass_x_slices --postprocessing min_volume_fraction=0.117" in card
 
     # A third stage from the averaged weights continues after the last averaged epoch.
     train(kaggle_folder, tmp_path / "stage3", split, TrainConfig(epochs=1, **tiny), device="cpu",

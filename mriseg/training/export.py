@@ -468,6 +468,28 @@ def reproduce_commands(stages: list[dict], model: dict, data: str = "../shared/d
             commands.append(f"python -m mriseg average --run {run_dir} --data {data} "
                             f"--epochs {averaged[0]}-{averaged[-1]}")
             source = " --source average"
-        out = final_out if number == first_number + len(stages) - 1 else f"{run_dir}/weights"
-        commands.append(f"python -m mriseg export --run {run_dir}{source} --data {data} --out {out}")
+        last = number == first_number + len(stages) - 1
+        out = final_out if last else f"{run_dir}/weights"
+        rule = chosen_postprocessing_options(model.get("postprocessing") or {}) if last else ""
+        commands.append(f"python -m mriseg export --run {run_dir}{source} --data {data} --out {out}{rule}")
     return "\n".join(commands)
+
+
+def chosen_postprocessing_options(postprocessing: dict) -> str:
+    """The ``export --postprocessing`` options that set what tuning does not choose (the volume rules).
+
+    Example:
+        >>> chosen_postprocessing_options({"volume_score": "mass_x_slices", "min_volume_fraction": 0.117})
+        ' --postprocessing volume_score=mass_x_slices --postprocessing min_volume_fraction=0.117'
+        >>> chosen_postprocessing_options({"volume_score": "voxels", "min_volume_fraction": 0.2})
+        ''
+    """
+    config = PostprocessingConfig.from_dict(postprocessing)
+    if not config.judges_volumes:
+        return ""
+    default = PostprocessingConfig()
+    chosen = {"volume_score": config.volume_score, "min_volume_fraction": config.min_volume_fraction}
+    chosen.update({key: getattr(config, key) for key in ("min_peak_probability", "keep_attached_specks")
+                   if getattr(config, key) != getattr(default, key)})
+    return "".join(f" --postprocessing {key}={str(value).lower() if isinstance(value, bool) else value}"
+                   for key, value in chosen.items())
