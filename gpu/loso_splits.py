@@ -10,7 +10,8 @@ is the point. `runs/leave-one-site-out.runs` trains one U-Net per split on a len
 
 ``--control SITE`` writes a pair that isolates the site's cost on a CPU budget: half of the site's patients are
 scored in both; ``SITE-unseen.json`` trains on every other site, ``SITE-seen.json`` on as many patients with the
-site's other half among them. The same recipe on both then differs only in whether the site was seen.
+site's other half among them. The same recipe on both (and the same batches an epoch: `--steps-per-epoch`, as
+the site's scans may hold more slices) then differs only in whether the site was seen.
 """
 
 from __future__ import annotations
