@@ -212,6 +212,13 @@ def test_metrics_page_for_case_and_model(slice_samples):
     sites = json.loads(next(chart for chart in charts if "by scanner site" in chart.proto.spec).proto.spec)
     assert sites["data"][0]["x"] == list(report["per_site"])
     assert any(f"{report['calibration']['ece_from_0.1']:.3f} on average" in caption.value for caption in at.caption)
+    copies = at.dataframe[0].value  # the shipped model's numbers on every copy, as in its card
+    assert list(copies["copy"]) == ["original (skull on, as trained)", "skull-stripped",
+                                    "resampled (1 mm-like, thin slices)", "BraTS-like (stripped, resampled, z-scored)"]
+    stripped = report["robustness"]["skull-stripped"]
+    assert copies["per-volume Dice (95% interval)"][1].startswith(f"{stripped['per_volume_dice_mean']:.3f} (")
+    assert copies["false positives on empty slices"][1] == f"{stripped['empty_slice_fp_rate']:.1%}"
+    assert copies["HD95 (px)"][3] == f"{report['robustness']['brats-like']['hd95_px']:.1f}"
 
 
 def test_single_slice_nifti_mask_downloads_as_nifti(slice_samples):

@@ -215,6 +215,35 @@ def calibration_text(report: dict) -> str | None:
     return text
 
 
+COPY_NAMES = {"skull-stripped": "skull-stripped", "resampled": "resampled (1 mm-like, thin slices)",
+              "brats-like": "BraTS-like (stripped, resampled, z-scored)"}
+
+
+def copies_rows(report: dict) -> list[dict]:
+    """One row per copy of the validation patients a report scored (the original first): per-volume Dice with its
+    95% interval, the empty-slice false-positive rate and the mean HD95, as text ("n/a" where a report lacks one).
+
+    Example:
+        >>> report = {"per_volume_dice": {"mean": 0.842, "mean_ci95": [0.785, 0.89]}, "empty_slice_fp_rate": 0.01,
+        ...           "hd95_px": 3.2, "robustness": {"skull-stripped": {"per_volume_dice_mean": 0.836,
+        ...           "mean_ci95": [0.78, 0.88], "empty_slice_fp_rate": 0.019, "hd95_px": 3.4}}}
+        >>> [row["per-volume Dice (95% interval)"] for row in copies_rows(report)]
+        ['0.842 (0.785-0.890)', '0.836 (0.780-0.880)']
+    """
+    def row(name: str, mean: float, interval: list | None, summary: dict) -> dict:
+        dice_text = f"{mean:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+        return {"copy": name, "per-volume Dice (95% interval)": dice_text,
+                "false positives on empty slices": optional(summary.get("empty_slice_fp_rate"), ".1%"),
+                "HD95 (px)": optional(summary.get("hd95_px"), ".1f")}
+
+    dice = report["per_volume_dice"]
+    rows = [row("original (skull on, as trained)", dice["mean"], dice.get("mean_ci95"), report)]
+    for variant, summary in (report.get("robustness") or {}).items():
+        rows.append(row(COPY_NAMES.get(variant, variant), summary["per_volume_dice_mean"], summary.get("mean_ci95"),
+                        summary))
+    return rows
+
+
 def format_report(report: dict) -> str:
     """A readable table of the report for the terminal."""
     lines = [
