@@ -76,7 +76,7 @@ class TrainConfig:
         teacher_weight: weight of the cross-entropy against the teacher's probabilities, added to the loss against
             the reference masks.
         hard_negative_boost: tumour-free training slices on which the starting weights of a warm restart (``--init``)
-            mark tumour (their own threshold and filters, over the whole patient, on the slices as stored or, when
+            mark tumour (their own threshold and speck filter, not the 3D filter, on the slices as stored or, when
             ``skull_strip`` shows stripped slices, on their stripped copies) are drawn this many times as often
             as the other tumour-free slices, within the same share of tumour-free slices: more of the bright caps
             and skull-base artefacts the model outlines wrongly. 1 draws every tumour-free slice alike.
@@ -314,8 +314,9 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     """Model inputs and grid masks of every slice of ``cases``; with ``skull_stripped`` the model inputs of their
     skull-stripped copies too (a slice the brain extraction cannot strip keeps its skull), with ``teacher`` its
     probabilities on the slices as stored, on the grid, and with ``miner`` the tumour-free slices it marks (its
-    threshold and filters, over each whole patient, on the slices as stored and, with ``skull_stripped``, on the
-    stripped copy too, where most of its false alarms are); each patient read once."""
+    threshold and speck filter, on the slices as stored and, with ``skull_stripped``, on the stripped copy too,
+    where most of its false alarms are; not its 3D filter, which hides most of the network's false blobs from the
+    mask but not from the loss); each patient read once."""
     images, masks, stripped, taught, false_alarms = [], [], [], [], []
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
@@ -328,7 +329,9 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
         if teacher is not None:
             taught.append(np.stack([preprocessor.mask_to_grid(p) for p in teacher.predict(volume).mean]))
         if miner is not None:
-            marked = np.any([binarize(miner.predict(copy).mean, miner.postprocessing).any(axis=(1, 2))
+            network_alarms = PostprocessingConfig(threshold=miner.postprocessing.threshold,
+                                                  min_component_fraction=miner.postprocessing.min_component_fraction)
+            marked = np.any([binarize(miner.predict(copy).mean, network_alarms).any(axis=(1, 2))
                              for copy in copies], axis=0)
             false_alarms.append(marked & ~mask.any(axis=(1, 2)))
     return SlicesForTraining(np.concatenate(images), np.concatenate(masks),
