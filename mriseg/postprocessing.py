@@ -189,10 +189,11 @@ def judge_components(mask: np.ndarray, probabilities: np.ndarray, min_fraction: 
         return mask
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     inside = labels[mask]  # only the voxels above the threshold: a fraction of the box, and of the time
+    values = np.asarray(probabilities)[mask].astype(np.float64)
     if score == "voxels":
         scores = np.bincount(inside, minlength=count + 1).astype(np.float64)
     else:
-        scores = np.bincount(inside, weights=np.asarray(probabilities)[mask].astype(np.float64), minlength=count + 1)
+        scores = np.bincount(inside, weights=values, minlength=count + 1)
     if score == "mass_x_slices":
         spans = [0] + [where[0].stop - where[0].start for where in ndimage.find_objects(labels)]
         scores = scores * np.asarray(spans)
@@ -200,7 +201,7 @@ def judge_components(mask: np.ndarray, probabilities: np.ndarray, min_fraction: 
     kept = scores >= min_fraction * scores[1:].max()
     if min_peak > 0:
         peaks = np.full(count + 1, -np.inf)
-        np.maximum.at(peaks, inside, np.asarray(probabilities)[mask])
+        np.maximum.at(peaks, inside, values)
         kept[1:] &= peaks[1:] >= min_peak
     kept[0] = False
     return kept[labels]

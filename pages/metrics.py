@@ -12,7 +12,15 @@ import streamlit as st
 from mriseg.app import webapp
 from mriseg.app.case import mask_fit_warning, missed_tumour_note, threshold_curve
 from mriseg.app.visualize import CHART_COLOURS, MEMBER_DICE_COLOURS, MEMBER_LOSS_COLOURS, style_chart, threshold_line
-from mriseg.evaluation.report import calibration_text, copies_rows, interval_text, optional
+from mriseg.evaluation.report import (
+    DICE_COLUMN,
+    FP_COLUMN,
+    HD95_COLUMN,
+    calibration_text,
+    copies_rows,
+    interval_text,
+    optional,
+)
 from mriseg.weights.bundle import kept_epoch, log_by_member, member_configs
 
 
@@ -164,7 +172,8 @@ def validation_section(report: dict) -> None:
         copies = copies_rows(report)
         if len(copies) > 1:
             st.subheader("The same patients as scans from elsewhere")
-            st.dataframe(copies, hide_index=True, width="stretch")
+            st.dataframe(copies, hide_index=True, width="stretch",
+                         column_order=("copy", DICE_COLUMN, FP_COLUMN, HD95_COLUMN))
             st.caption("Copies of the validation patients as other sources deliver scans, scored with the same "
                        "threshold and filters (never tuned on them). False positives: tumour-free slices given any "
                        "outline. HD95: how far, in pixels, the outline strays from the expert's at its worst 5%.")

@@ -215,32 +215,42 @@ def calibration_text(report: dict) -> str | None:
     return text
 
 
-COPY_NAMES = {"skull-stripped": "skull-stripped", "resampled": "resampled (1 mm-like, thin slices)",
+COPY_NAMES = {"original": "original (skull on, as trained)", "skull-stripped": "skull-stripped",
+              "resampled": "resampled (1 mm-like, thin slices)",
               "brats-like": "BraTS-like (stripped, resampled, z-scored)"}
+DICE_COLUMN, FP_COLUMN, HD95_COLUMN = "per-volume Dice (95% interval)", "false positives on empty slices", "HD95 (px)"
 
 
-def copies_rows(report: dict) -> list[dict]:
-    """One row per copy of the validation patients a report scored (the original first): per-volume Dice with its
-    95% interval, the empty-slice false-positive rate and the mean HD95, as text ("n/a" where a report lacks one).
+def copies_rows(report: dict, names: dict[str, str] = COPY_NAMES) -> list[dict[str, str]]:
+    """One row of text per copy of the validation patients a report scored (the original first, each named by
+    ``names``): per-volume Dice with its 95% interval, precision / recall, the empty-slice false-positive rate, the
+    mean HD95 and the DU site's mean ("-" where a report written before they were kept lacks one).
 
     Example:
         >>> report = {"per_volume_dice": {"mean": 0.842, "mean_ci95": [0.785, 0.89]}, "empty_slice_fp_rate": 0.01,
-        ...           "hd95_px": 3.2, "robustness": {"skull-stripped": {"per_volume_dice_mean": 0.836,
-        ...           "mean_ci95": [0.78, 0.88], "empty_slice_fp_rate": 0.019, "hd95_px": 3.4}}}
-        >>> [row["per-volume Dice (95% interval)"] for row in copies_rows(report)]
-        ['0.842 (0.785-0.890)', '0.836 (0.780-0.880)']
+        ...           "hd95_px": 3.2, "precision": 0.83, "recall": 0.86, "per_site": {"DU": {"mean": 0.78}},
+        ...           "robustness": {"skull-stripped": {"per_volume_dice_mean": 0.836, "mean_ci95": [0.78, 0.88],
+        ...           "precision": 0.84, "recall": 0.84, "per_site": {"DU": 0.78}}}}
+        >>> [(row[DICE_COLUMN], row[HD95_COLUMN]) for row in copies_rows(report)]
+        [('0.842 (0.785-0.890)', '3.2'), ('0.836 (0.780-0.880)', '-')]
     """
-    def row(name: str, mean: float, interval: list | None, summary: dict) -> dict:
-        dice_text = f"{mean:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
-        return {"copy": name, "per-volume Dice (95% interval)": dice_text,
-                "false positives on empty slices": optional(summary.get("empty_slice_fp_rate"), ".1%"),
-                "HD95 (px)": optional(summary.get("hd95_px"), ".1f")}
+    def text(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    def row(variant: str, mean: float, summary: dict, du: float | None) -> dict[str, str]:
+        interval = summary.get("mean_ci95")
+        return {"copy": names.get(variant, variant),
+                DICE_COLUMN: f"{mean:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""),
+                "precision / recall": f"{summary['precision']:.3f} / {summary['recall']:.3f}",
+                FP_COLUMN: text(summary.get("empty_slice_fp_rate"), ".1%"),
+                HD95_COLUMN: text(summary.get("hd95_px"), ".1f"),
+                "DU site": text(du, ".3f")}
 
     dice = report["per_volume_dice"]
-    rows = [row("original (skull on, as trained)", dice["mean"], dice.get("mean_ci95"), report)]
+    rows = [row("original", dice["mean"], dict(report, mean_ci95=dice.get("mean_ci95")),
+                report["per_site"].get("DU", {}).get("mean"))]
     for variant, summary in (report.get("robustness") or {}).items():
-        rows.append(row(COPY_NAMES.get(variant, variant), summary["per_volume_dice_mean"], summary.get("mean_ci95"),
-                        summary))
+        rows.append(row(variant, summary["per_volume_dice_mean"], summary, summary["per_site"].get("DU")))
     return rows
 
 

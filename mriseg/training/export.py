@@ -17,7 +17,11 @@ from string import Template
 
 from mriseg.data.lgg import find_cases
 from mriseg.evaluation.report import (
+    DICE_COLUMN,
+    FP_COLUMN,
+    HD95_COLUMN,
     calibration_text,
+    copies_rows,
     interval_text,
     optional,
     predict_cases,
@@ -282,6 +286,7 @@ def volume_filter_note(postprocessing: dict) -> str:
 
 
 ROBUSTNESS_LABELS = {
+    "original": "original (skull on, as in training)",
     "skull-stripped": "skull-stripped copies (brain only, `mriseg.data.brain_extraction`)",
     "resampled": "resampled copies (1 mm-like pixels, three times as many slices)",
     "brats-like": "BraTS-like copies (stripped, resampled, brain z-scored on a 0 background)",
@@ -290,36 +295,16 @@ ROBUSTNESS_LABELS = {
 
 def robustness_section(report: dict) -> str:
     """The card's table of per-volume Dice on robustness copies of the validation patients, if scored."""
-    variants = report.get("robustness") or {}
-    if not variants:
+    if not report.get("robustness"):
         return ""
-    dice = report["per_volume_dice"]
-    hardest = report["per_site"].get("DU", {}).get("mean", 0.0)
-    rows = [f"| original (skull on, as in training) | {dice['mean']:.3f} ({interval_text(report)}) | "
-            f"{report['precision']:.3f} / {report['recall']:.3f} | {errors_text(report)} | {hardest:.3f} |"]
-    for variant, summary in variants.items():
-        low, high = summary["mean_ci95"]
-        rows.append(f"| {ROBUSTNESS_LABELS.get(variant, variant)} | {summary['per_volume_dice_mean']:.3f} "
-                    f"({low:.3f}-{high:.3f}) | {summary['precision']:.3f} / {summary['recall']:.3f} | "
-                    f"{errors_text(summary)} | {summary['per_site'].get('DU', 0):.3f} |")
+    rows = [f"| {row['copy']} | {row[DICE_COLUMN]} | {row['precision / recall']} | {row[FP_COLUMN]} / "
+            f"{row[HD95_COLUMN]} | {row['DU site']} |" for row in copies_rows(report, ROBUSTNESS_LABELS)]
     return ("\n### The same validation patients as other sources deliver scans\n"
             "Copies made by `python -m mriseg evaluate --variant ...` (`mriseg/evaluation/robustness.py`), scored "
             "with the same post-processing (never tuned on them):\n\n"
             "| copy | per-volume Dice mean (95% interval) | precision / recall | false positives on empty slices / "
             "HD95 (px) | DU site (hardest) |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-
-
-def errors_text(summary: dict) -> str:
-    """The empty-slice false-positive rate and the mean HD95 of a report or robustness summary ("-" where a card
-    written before they were kept lacks them).
-
-    Example:
-        >>> errors_text({"empty_slice_fp_rate": 0.0104, "hd95_px": 3.23}), errors_text({})
-        ('1.0% / 3.2', '- / -')
-    """
-    rate, hd95 = summary.get("empty_slice_fp_rate"), summary.get("hd95_px")
-    return f"{'-' if rate is None else f'{rate:.1%}'} / {'-' if hd95 is None else f'{hd95:.1f}'}"
 
 
 def calibration_note(report: dict) -> str:

@@ -318,6 +318,9 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     where most of its false alarms are; not its 3D filter, which hides most of the network's false blobs from the
     mask but not from the loss); each patient read once."""
     images, masks, stripped, taught, false_alarms = [], [], [], [], []
+    if miner is not None:
+        network_alarms = PostprocessingConfig(threshold=miner.postprocessing.threshold,
+                                              min_component_fraction=miner.postprocessing.min_component_fraction)
     for case in tqdm(cases, desc=desc, unit="patient", leave=False):
         volume, mask = case.load()
         images.append(preprocessor.volume_to_input(volume))
@@ -329,8 +332,6 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
         if teacher is not None:
             taught.append(np.stack([preprocessor.mask_to_grid(p) for p in teacher.predict(volume).mean]))
         if miner is not None:
-            network_alarms = PostprocessingConfig(threshold=miner.postprocessing.threshold,
-                                                  min_component_fraction=miner.postprocessing.min_component_fraction)
             marked = np.any([binarize(miner.predict(copy).mean, network_alarms).any(axis=(1, 2))
                              for copy in copies], axis=0)
             false_alarms.append(marked & ~mask.any(axis=(1, 2)))
