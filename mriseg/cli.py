@@ -38,7 +38,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, bf16=False if args.fp32 else None, augmentation=args.augmentation,
         recall_weight=args.recall_weight, dice_per_slice=args.dice_per_slice, skull_strip=args.skull_strip,
-        teacher=args.teacher, teacher_weight=args.teacher_weight, hard_negative_boost=args.hard_negative_boost))
+        teacher=args.teacher, teacher_weight=args.teacher_weight, hard_negative_boost=args.hard_negative_boost,
+        balance_patients=args.balance_patients))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hard-negative-boost", type=float,
                        help="with --init: tumour-free slices the starting weights mark are drawn this many times as "
                             "often as the other tumour-free slices (1: off)")
+    train.add_argument("--balance-patients", action="store_true", default=None,
+                       help="draw every patient's tumour slices as often in all as any other patient's (default: "
+                            "every tumour slice alike, so large tumours fill most batches)")
     train.add_argument("--recall-weight", type=recall_weight,
                        help="weight of missed tumour against false alarms in the overlap loss (Tversky); "
                             "0.5: soft Dice, higher: favour recall")

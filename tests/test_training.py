@@ -343,3 +343,29 @@ def test_hard_negatives_are_the_starting_weights_false_alarms(kaggle_folder, tmp
     assert saved["training"]["hard_negative_boost"] == 4.0
     with pytest.raises(ValueError, match="needs --init"):
         train(kaggle_folder, tmp_path / "no_init", split, boosted, device="cpu")
+
+
+def test_balanced_sampling_gives_every_patient_the_same_share_of_tumour_draws(kaggle_folder, slice_samples):
+    import shutil
+
+    from mriseg.training.trainer import prepare_slices, sampling_weights
+
+    # one patient gets a second tumour slice (another sample's, renamed), so the patients' tumour slices differ
+    first, other = slice_samples[0], next(entry for entry in slice_samples[1:] if entry["tumour_pixels"])
+    renamed = kaggle_folder / first["patient"] / f"{first['patient']}_{first['slice'] + 1}"
+    for key, suffix in (("image", ".png"), ("mask", "_mask.png")):
+        shutil.copy(SAMPLES / other[key], f"{renamed}{suffix}")
+    cases = find_cases(kaggle_folder)
+    slices = prepare_slices(cases, Preprocessor(PreprocessingConfig(grid_size=64)), "slices")
+    lengths = [len(case.load()[1]) for case in cases]
+    np.testing.assert_array_equal(slices.patients, np.repeat(np.arange(len(cases)), lengths))
+
+    tumour = slices.masks.reshape(len(slices.masks), -1).max(axis=1) > 0
+    tumour_slices = np.bincount(slices.patients[tumour], minlength=len(cases))
+    assert len(set(tumour_slices[tumour_slices > 0])) > 1  # the samples differ, so balancing changes something
+    for patients in (None, slices.patients):
+        weights = sampling_weights(slices.masks, 0.5, patients=patients)
+        assert weights.sum() == pytest.approx(1.0) and weights[tumour].sum() == pytest.approx(0.5)
+        share = np.bincount(slices.patients[tumour], weights=weights[tumour], minlength=len(cases))
+        balanced = np.allclose(share[tumour_slices > 0], 0.5 / np.count_nonzero(tumour_slices))
+        assert balanced == (patients is not None)

@@ -80,6 +80,9 @@ class TrainConfig:
             ``skull_strip`` shows stripped slices, on their stripped copies) are drawn this many times as often
             as the other tumour-free slices, within the same share of tumour-free slices: more of the bright caps
             and skull-base artefacts the model outlines wrongly. 1 draws every tumour-free slice alike.
+        balance_patients: draw every patient's tumour slices as often in all as any other patient's, instead of
+            every tumour slice alike: per-volume Dice counts a patient with a small tumour on a few slices as much
+            as one with a large tumour on thirty, but drawn slice by slice the large tumours fill most batches.
     """
 
     epochs: int = 40
@@ -98,6 +101,7 @@ class TrainConfig:
     teacher: str | None = None
     teacher_weight: float = 0.5
     hard_negative_boost: float = 1.0
+    balance_patients: bool = False
     architecture: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
@@ -276,6 +280,7 @@ class SlicesForTraining:
     stripped: np.ndarray | None = None
     teacher: np.ndarray | None = None
     false_alarms: np.ndarray | None = None  # per slice: tumour-free, yet marked by the miner
+    patients: np.ndarray | None = None  # per slice: the index of its patient among the cases
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, recall_weight: float = 0.5,
@@ -338,7 +343,8 @@ def prepare_slices(cases: list[PatientCase], preprocessor: Preprocessor, desc: s
     return SlicesForTraining(np.concatenate(images), np.concatenate(masks),
                              np.concatenate(stripped) if stripped else None,
                              np.concatenate(taught) if taught else None,
-                             np.concatenate(false_alarms) if false_alarms else None)
+                             np.concatenate(false_alarms) if false_alarms else None,
+                             np.repeat(np.arange(len(masks)), [len(patient) for patient in masks]))
 
 
 def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -351,9 +357,11 @@ def load_validation(cases: list[PatientCase], skull_stripped: bool = False) -> l
 
 
 def sampling_weights(masks: np.ndarray, positive_fraction: float, hard: np.ndarray | None = None,
-                     boost: float = 1.0) -> np.ndarray:
+                     boost: float = 1.0, patients: np.ndarray | None = None) -> np.ndarray:
     """Per-slice sampling weights so that ``positive_fraction`` of the drawn slices contain tumour; among the
-    tumour-free ones, the ``hard`` slices weigh ``boost`` times as much as the others.
+    tumour-free ones, the ``hard`` slices weigh ``boost`` times as much as the others. Given each slice's
+    ``patients`` index, every patient with tumour gets the same share of the tumour draws, split evenly over its
+    tumour slices; otherwise every tumour slice is drawn alike.
 
     Example:
         >>> masks = np.zeros((4, 2, 2)); masks[0, 0, 0] = 1  # one tumour slice, three tumour-free
@@ -361,13 +369,20 @@ def sampling_weights(masks: np.ndarray, positive_fraction: float, hard: np.ndarr
         [0.5, 0.167, 0.167, 0.167]
         >>> sampling_weights(masks, 0.5, hard=np.array([False, True, False, False]), boost=4.0).round(3).tolist()
         [0.5, 0.333, 0.083, 0.083]
+        >>> masks[1:3, 0, 0] = 1  # patient 0: tumour on slices 0 and 1; patient 1: on slice 2, slice 3 empty
+        >>> sampling_weights(masks, 0.5, patients=np.array([0, 0, 1, 1])).round(3).tolist()
+        [0.125, 0.125, 0.25, 0.5]
     """
     positive = masks.reshape(len(masks), -1).max(axis=1) > 0
-    n_positive = max(1, int(positive.sum()))
     negative_weight = np.where(hard & ~positive, boost, 1.0) if hard is not None else np.ones(len(masks))
     negative_weight[positive] = 0.0
     negative_total = max(float(negative_weight.sum()), 1e-12)
-    return np.where(positive, positive_fraction / n_positive,
+    if patients is None:
+        positive_weight = np.full(len(masks), 1.0 / max(1, int(positive.sum())))
+    else:
+        tumour_slices_of = np.bincount(patients[positive], minlength=int(patients.max()) + 1)
+        positive_weight = 1.0 / (max(1, np.count_nonzero(tumour_slices_of)) * np.maximum(tumour_slices_of[patients], 1))
+    return np.where(positive, positive_fraction * positive_weight,
                     (1 - positive_fraction) * negative_weight / negative_total)
 
 
@@ -596,7 +611,8 @@ class TrainingRun:
         self.dataset = SliceDataset(slices.images, slices.masks, training_augmentation(config.augmentation),
                                     slices.stripped, config.skull_strip, slices.teacher)
         self.sampling_weights = sampling_weights(slices.masks, config.positive_fraction, slices.false_alarms,
-                                                 config.hard_negative_boost)
+                                                 config.hard_negative_boost,
+                                                 slices.patients if config.balance_patients else None)
         if slices.false_alarms is not None:
             tqdm.write(f"hard negatives: {int(slices.false_alarms.sum())} tumour-free training slices marked by "
                        f"{self.init_from}, drawn {config.hard_negative_boost:g} times as often")
