@@ -377,11 +377,10 @@ def sampling_weights(masks: np.ndarray, positive_fraction: float, hard: np.ndarr
     negative_weight = np.where(hard & ~positive, boost, 1.0) if hard is not None else np.ones(len(masks))
     negative_weight[positive] = 0.0
     negative_total = max(float(negative_weight.sum()), 1e-12)
-    if patients is None:
-        positive_weight = np.full(len(masks), 1.0 / max(1, int(positive.sum())))
-    else:
-        tumour_slices_of = np.bincount(patients[positive], minlength=int(patients.max()) + 1)
-        positive_weight = 1.0 / (max(1, np.count_nonzero(tumour_slices_of)) * np.maximum(tumour_slices_of[patients], 1))
+    # without patients every slice is a group of its own, so every tumour slice is drawn alike
+    groups = np.arange(len(masks)) if patients is None else patients
+    tumour_slices_of = np.bincount(groups[positive], minlength=len(groups))
+    positive_weight = 1.0 / (max(1, np.count_nonzero(tumour_slices_of)) * np.maximum(tumour_slices_of[groups], 1))
     return np.where(positive, positive_fraction * positive_weight,
                     (1 - positive_fraction) * negative_weight / negative_total)
 
